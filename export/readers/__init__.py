@@ -1,0 +1,1 @@
+"""Readers that turn published weight files into PyTorch state dicts."""
