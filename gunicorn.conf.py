@@ -1,0 +1,46 @@
+"""gunicorn settings for the vision service, driven by ``VISION_*`` variables.
+
+Run with ``gunicorn -c gunicorn.conf.py 'service:create_app()'``. Settings
+are validated here, in the master, so a bad value stops the start before
+any worker forks. Each worker builds its own app and onnxruntime sessions
+(no ``preload_app``): sessions own thread pools that do not survive a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from service.settings import Settings
+
+_settings = Settings.from_env()
+
+bind = _settings.bind
+workers = _settings.workers
+# gthread workers keep slow uploads and keep-alive connections from blocking
+# a worker; inference itself is bounded by onnxruntime's intra-op threads.
+worker_class = "gthread"
+threads = 2
+timeout = _settings.timeout
+graceful_timeout = 30
+keepalive = 5
+# /dev/shm keeps worker heartbeats off a possibly slow container disk.
+worker_tmp_dir = "/dev/shm"
+
+accesslog = "-"
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+
+
+class _HealthProbeFilter(logging.Filter):
+    """Keep orchestrators' probes, several a minute, out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        arguments = record.args
+        if isinstance(arguments, dict):
+            return arguments.get("U") not in ("/healthz", "/readyz")
+        return True
+
+
+def on_starting(server: Any) -> None:
+    logging.getLogger("gunicorn.access").addFilter(_HealthProbeFilter())

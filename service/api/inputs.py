@@ -1,0 +1,163 @@
+"""Read images and options from a request, in any of the accepted forms.
+
+An image arrives as a multipart form field ``image`` (repeatable), as the
+raw body with an ``image/*`` (or ``application/octet-stream``) content type,
+or as JSON ``{"image": "<base64>"}``. Options come from the query string or,
+for form and JSON bodies, from fields of the same name; a body field wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Request
+
+from service.errors import (
+    EmptyBody,
+    InvalidBase64,
+    InvalidJSON,
+    InvalidParameter,
+    MissingImage,
+    TooManyImages,
+    UnsupportedMediaType,
+)
+
+ACCEPTED_TYPES = "multipart/form-data, image/*, application/json"
+RAW_TYPES = ("application/octet-stream",)
+
+
+@dataclass
+class ImageRequest:
+    """The images of a request, with a label each, and its options."""
+
+    images: list[bytes]
+    labels: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def read_image_request(request: Request, max_images: int) -> ImageRequest:
+    mimetype = request.mimetype
+    if request.content_length == 0:
+        raise EmptyBody(f"The request has no body; send an image as {ACCEPTED_TYPES}.")
+    if mimetype == "multipart/form-data":
+        parsed = _read_multipart(request)
+    elif mimetype == "application/json" or mimetype.endswith("+json"):
+        parsed = _read_json(request)
+    elif mimetype.startswith("image/") or mimetype in RAW_TYPES:
+        parsed = _read_raw(request)
+    elif not mimetype and not _has_body(request):
+        raise EmptyBody(f"The request has no body; send an image as {ACCEPTED_TYPES}.")
+    else:
+        shown = mimetype or "no Content-Type"
+        raise UnsupportedMediaType(
+            f"Content-Type {shown} is not accepted; use {ACCEPTED_TYPES}."
+        )
+
+    if len(parsed.images) > max_images:
+        raise TooManyImages(
+            f"The request holds {len(parsed.images)} images; the limit is {max_images}."
+        )
+    for name, value in request.args.items():
+        parsed.options.setdefault(name, value)
+    return parsed
+
+
+def _has_body(request: Request) -> bool:
+    return bool(request.get_data(cache=True))
+
+
+def _read_raw(request: Request) -> ImageRequest:
+    data = request.get_data(cache=False)
+    if not data:
+        raise EmptyBody("The request body is empty; it should be the image.")
+    return ImageRequest([data], ["image"])
+
+
+def _read_multipart(request: Request) -> ImageRequest:
+    files = request.files.getlist("image")
+    options: dict[str, Any] = {
+        name: value for name, value in request.form.items() if name != "image"
+    }
+    if not files:
+        if "image" in request.form:
+            raise MissingImage(
+                "Form field 'image' must be a file upload, not a text value."
+            )
+        names = sorted(set(request.files) | set(request.form))
+        found = f"; found {', '.join(names)}" if names else ""
+        raise MissingImage(f"The form has no file field 'image'{found}.")
+    images = [upload.read() for upload in files]
+    if len(files) == 1:
+        labels = ["image"]
+    else:
+        labels = [f"image {number}" for number in range(1, len(files) + 1)]
+    return ImageRequest(images, labels, options)
+
+
+def _read_json(request: Request) -> ImageRequest:
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise EmptyBody("The request body is empty; expected a JSON object.")
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidJSON(f"The body is not valid JSON: {error}.") from None
+    if not isinstance(document, dict):
+        raise InvalidJSON("The JSON body must be an object with an 'image' member.")
+    encoded = document.pop("image", None)
+    if encoded is None:
+        raise MissingImage("The JSON object has no 'image' member.")
+    if not isinstance(encoded, str):
+        raise InvalidParameter("'image' must be a base64 string.")
+    return ImageRequest([decode_base64(encoded)], ["image"], document)
+
+
+def decode_base64(encoded: str) -> bytes:
+    """Decode standard or URL-safe base64, with or without a data: prefix."""
+    if encoded.startswith("data:"):
+        header, _, encoded = encoded.partition(",")
+        if not header.endswith(";base64"):
+            raise InvalidBase64("A data: URL image must be base64 encoded.")
+    compact = "".join(encoded.split())
+    if not compact:
+        raise EmptyBody("'image' is an empty string.")
+    compact = compact.replace("-", "+").replace("_", "/")
+    compact += "=" * (-len(compact) % 4)
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidBase64("'image' is not valid base64.") from None
+
+
+def int_option(
+    options: dict[str, Any], name: str, default: int, low: int, high: int
+) -> int:
+    """Read an integer option and check it lies in ``[low, high]``."""
+    raw = options.get(name)
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        value = None
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+    if value is None or not low <= value <= high:
+        raise InvalidParameter(
+            f"{name} must be a whole number from {low} to {high}, got {raw!r}."
+        )
+    return value
+
+
+def str_option(options: dict[str, Any], name: str) -> str | None:
+    raw = options.get(name)
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise InvalidParameter(f"{name} must be a string, got {raw!r}.")
+    return raw

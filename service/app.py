@@ -1,0 +1,54 @@
+"""The application factory: settings, models, routes and error handling.
+
+``create_app()`` is what gunicorn serves (``service:create_app()``). It runs
+once per worker process, after the fork, so every worker owns its
+onnxruntime sessions; nothing is loaded at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from service.api import classify, health, models
+from service.api.context import EXTENSION_KEY, ServiceState
+from service.errors import register_error_handlers
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app; ``settings`` default to the environment's."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    registry = ModelRegistry.load(settings)
+    app.extensions[EXTENSION_KEY] = ServiceState(settings, registry)
+
+    register_error_handlers(app)
+    for blueprint in (health.blueprint, models.blueprint, classify.blueprint):
+        app.register_blueprint(blueprint)
+
+    registry.start_warm_up()
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Send the service's logs to stderr at ``level``, once per process.
+
+    Under gunicorn the root logger has no handler, so one is added; a host
+    application that configured logging itself keeps its handlers.
+    """
+    package_logger = logging.getLogger("service")
+    package_logger.setLevel(level)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+        )

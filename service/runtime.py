@@ -1,0 +1,109 @@
+"""onnxruntime sessions: provider choice, threads, and the load-time check
+of each session against its manifest entry.
+
+Options are set explicitly rather than left to onnxruntime's defaults,
+because the defaults assume one session owns the machine: here gunicorn
+runs several workers, and workers x intra-op threads must not exceed the
+cores or every request slows down.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnxruntime as ort
+
+from service.manifest import ModelContractError, ModelSpec, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+def choose_providers(preference: str) -> list[str]:
+    """Return the providers for ``preference`` (auto, cpu or cuda).
+
+    ``cuda`` asks for the CUDA provider and still falls back to the CPU,
+    with a warning, when onnxruntime-gpu or a GPU is missing.
+    """
+    available = ort.get_available_providers()
+    if preference == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if preference == "cuda":
+        logger.warning(
+            "CUDA was asked for but onnxruntime offers only %s; using the CPU",
+            ", ".join(available),
+        )
+    return [CPU]
+
+
+def create_session(
+    spec: ModelSpec, providers: list[str], threads: int
+) -> ort.InferenceSession:
+    """Open the model's ONNX file and check it against ``spec``."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # One graph at a time per request; parallelism comes from workers and
+    # intra-op threads, so the inter-op pool would only add threads.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        str(spec.path), sess_options=options, providers=providers
+    )
+    check_session(session, spec)
+    logger.info(
+        "loaded model %s %s from %s with %s, %d intra-op threads",
+        spec.name,
+        spec.version,
+        spec.path,
+        ", ".join(session.get_providers()),
+        threads,
+    )
+    return session
+
+
+def check_session(session: ort.InferenceSession, spec: ModelSpec) -> None:
+    """Raise ``ModelContractError`` unless the graph matches the manifest."""
+    _compare(spec.name, "input", session.get_inputs(), spec.inputs)
+    _compare(spec.name, "output", session.get_outputs(), spec.outputs)
+
+
+def _compare(
+    model: str, kind: str, actual: list[ort.NodeArg], expected: tuple[TensorSpec, ...]
+) -> None:
+    found = [
+        TensorSpec(
+            arg.name,
+            tuple(d if isinstance(d, int) else str(d) for d in arg.shape),
+            _ONNX_DTYPES.get(arg.type, arg.type),
+        )
+        for arg in actual
+    ]
+    if len(found) != len(expected):
+        raise ModelContractError(
+            f"model {model}: graph has {len(found)} {kind}s, manifest lists "
+            f"{len(expected)}"
+        )
+    for have, want in zip(found, expected, strict=True):
+        if have.name != want.name or have.dtype != want.dtype:
+            raise ModelContractError(
+                f"model {model}: {kind} is {have.name} ({have.dtype}), manifest "
+                f"says {want.name} ({want.dtype})"
+            )
+        if _fixed_dims(have.shape) != _fixed_dims(want.shape):
+            raise ModelContractError(
+                f"model {model}: {kind} {have.name} has shape "
+                f"{list(have.shape)}, manifest says {list(want.shape)}"
+            )
+
+
+def _fixed_dims(shape: tuple[int | str, ...]) -> list[int | None]:
+    """Sizes of the fixed axes, None for symbolic ones, whatever their name."""
+    return [d if isinstance(d, int) else None for d in shape]
