@@ -97,6 +97,10 @@ _HTTP_SLUGS = {
 }
 
 
+# RFC 9110 renamed 413; Python's phrase for it depends on the version.
+TITLES = {HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "Content Too Large"}
+
+
 def problem_response(
     status: HTTPStatus | int,
     slug: str,
@@ -106,7 +110,7 @@ def problem_response(
     status = HTTPStatus(status)
     body = {
         "type": f"/problems/{slug}",
-        "title": status.phrase,
+        "title": TITLES.get(status, status.phrase),
         "status": status.value,
         "detail": detail,
     }
@@ -154,9 +158,11 @@ def _handle_http_exception(error: HTTPException) -> Response:
 
 
 def _allowed_methods(error: HTTPException) -> list[str]:
+    # Werkzeug collects the methods in a set; sorted, the header and the
+    # detail read the same in every process.
     for name, value in error.get_headers():
         if name.lower() == "allow":
-            return [method.strip() for method in value.split(",")]
+            return sorted(method.strip() for method in value.split(","))
     return []
 
 

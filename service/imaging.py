@@ -28,6 +28,16 @@ Image.MAX_IMAGE_PIXELS = None
 
 WHITE = (255, 255, 255)
 
+# How each supported format's files begin (WebP aside: RIFF, size, WEBP).
+# A file that begins like one but will not open is damaged, not foreign.
+SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
+
 
 def decode_image(
     data: bytes, *, max_pixels: int, min_side: int = 0, label: str = "image"
@@ -75,6 +85,12 @@ def _open(data: bytes, label: str) -> Image.Image:
     except Exception as error:
         raise InvalidImage(f"{label} could not be read: {_reason(error)}.") from None
 
+    claimed = _signature_format(data)
+    if claimed:
+        raise InvalidImage(
+            f"{label} looks like a {claimed} file but is damaged or truncated."
+        )
+
     # Tell an image of a format we do not take from bytes that are no image.
     try:
         other = Image.open(io.BytesIO(data)).format
@@ -90,6 +106,16 @@ def _open(data: bytes, label: str) -> Image.Image:
     )
 
 
+def _signature_format(data: bytes) -> str | None:
+    """The supported format whose signature ``data`` begins with, if any."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, name in SIGNATURES:
+        if data.startswith(signature):
+            return name
+    return None
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB.
 
@@ -100,7 +126,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         pixels = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+        # The 16-bit modes span 0..65535 however dark the picture; mode I
+        # has no fixed range, so values that fit in a byte are read as such.
+        sixteen_bit = image.mode != "I" or pixels.max(initial=0) > 255
+        peak = 65535.0 if sixteen_bit else 255.0
         grey = np.clip(np.rint(pixels * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     if image.mode == "F":
@@ -118,6 +147,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _reason(error: Exception) -> str:
     text = str(error).strip().rstrip(".")
-    if "truncated" in text:
+    if "truncated" in text.lower():
         return "the data is truncated"
     return text or type(error).__name__

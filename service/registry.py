@@ -56,9 +56,10 @@ class ModelRegistry:
         return cls(manifest, classifiers, default)
 
     def start_warm_up(self) -> threading.Thread:
-        thread = threading.Thread(
-            target=self._warm_up, name="model-warm-up", daemon=True
-        )
+        # Not a daemon: a worker told to stop mid-warm-up waits for the run
+        # in progress, since tearing down onnxruntime under a running
+        # session aborts the process.
+        thread = threading.Thread(target=self._warm_up, name="model-warm-up")
         thread.start()
         return thread
 

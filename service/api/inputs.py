@@ -52,10 +52,10 @@ def read_image_request(request: Request, max_images: int) -> ImageRequest:
     elif not mimetype and not _has_body(request):
         raise EmptyBody(f"The request has no body; send an image as {ACCEPTED_TYPES}.")
     else:
-        shown = mimetype or "no Content-Type"
-        raise UnsupportedMediaType(
-            f"Content-Type {shown} is not accepted; use {ACCEPTED_TYPES}."
+        shown = (
+            f"Content-Type {mimetype}" if mimetype else "A body without Content-Type"
         )
+        raise UnsupportedMediaType(f"{shown} is not accepted; use {ACCEPTED_TYPES}.")
 
     if len(parsed.images) > max_images:
         raise TooManyImages(
@@ -106,6 +106,8 @@ def _read_json(request: Request) -> ImageRequest:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidJSON(f"The body is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise InvalidJSON("The JSON body is nested too deeply to parse.") from None
     if not isinstance(document, dict):
         raise InvalidJSON("The JSON body must be an object with an 'image' member.")
     encoded = document.pop("image", None)
