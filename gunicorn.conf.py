@@ -24,6 +24,9 @@ threads = 2
 timeout = _settings.timeout
 graceful_timeout = 30
 keepalive = 5
+# Runtime management over a socket in $HOME is not used; without this,
+# gunicorn would create ~/.gunicorn/ for it in every container.
+control_socket_disable = True
 # /dev/shm keeps worker heartbeats off a possibly slow container disk.
 worker_tmp_dir = "/dev/shm"
 

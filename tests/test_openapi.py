@@ -1,0 +1,444 @@
+"""The app and openapi.yaml describe the same HTTP API.
+
+Two directions are checked. Every route the Flask app serves is documented
+and every documented operation is served, so a route cannot be added without
+its documentation. And real responses of the app, for a representative set
+of requests and errors, are validated with openapi-core against the
+document: status, content type, headers and body schema.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from flask import Flask, Response
+from openapi_core import Config, OpenAPI
+from openapi_core.contrib.werkzeug import (
+    WerkzeugOpenAPIRequest,
+    WerkzeugOpenAPIResponse,
+)
+from openapi_core.exceptions import OpenAPIError
+from openapi_core.templating.media_types.exceptions import MediaTypeNotFound
+from openapi_core.templating.responses.exceptions import ResponseNotFound
+from openapi_core.validation.response.exceptions import (
+    InvalidData,
+    MissingRequiredHeader,
+)
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.test import EnvironBuilder, encode_multipart
+
+from tests.conftest import REPOSITORY, encode, make_app, photo
+
+OPENAPI_PATH = REPOSITORY / "openapi.yaml"
+# openapi-core finds an operation only under one of the document's servers,
+# so every request is addressed to the first of them.
+SERVER_URL = "http://localhost:8000"
+# Flask answers these for every route by itself; the document leaves them out.
+IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+FLASK_VARIABLE = re.compile(r"<(?:[a-z_]+(?:\([^)]*\))?:)?([A-Za-z_]\w*)>")
+SMALL_BODY_LIMIT = 1000
+
+
+def json_loads(value: bytes, **parameters: str) -> Any:
+    return json.loads(value)
+
+
+@pytest.fixture(scope="module")
+def openapi() -> OpenAPI:
+    # openapi-core reads only application/json and a few other JSON types
+    # as JSON; without this it would check problem bodies as raw bytes.
+    config = Config(
+        extra_media_type_deserializers={"application/problem+json": json_loads}
+    )
+    return OpenAPI.from_file_path(str(OPENAPI_PATH), config=config)
+
+
+@pytest.fixture(scope="module")
+def small_body_app(models_dir: Path) -> Flask:
+    return make_app(models_dir, max_body_bytes=SMALL_BODY_LIMIT)
+
+
+# Route coverage --------------------------------------------------------------
+
+
+def served_operations(app: Flask) -> set[tuple[str, str]]:
+    """(OpenAPI path, lowercase method) of every route of ``app``."""
+    operations = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = FLASK_VARIABLE.sub(r"{\1}", rule.rule)
+        for method in (rule.methods or set()) - IMPLICIT_METHODS:
+            operations.add((path, method.lower()))
+    return operations
+
+
+def documented_operations() -> set[tuple[str, str]]:
+    document = yaml.safe_load(OPENAPI_PATH.read_text())
+    return {
+        (path, method)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in HTTP_METHODS and method.upper() not in IMPLICIT_METHODS
+    }
+
+
+def test_an_undocumented_route_is_noticed() -> None:
+    app = Flask(__name__)
+    app.add_url_rule("/v1/models/<path:name>", "model", lambda name: name)
+    app.add_url_rule("/v1/models/<int:version>", "remove", methods=["DELETE"])
+
+    assert served_operations(app) - documented_operations() == {
+        ("/v1/models/{name}", "get"),
+        ("/v1/models/{version}", "delete"),
+    }
+
+
+def test_every_route_is_documented(app: Flask) -> None:
+    undocumented = served_operations(app) - documented_operations()
+
+    assert not undocumented, f"routes missing from openapi.yaml: {undocumented}"
+
+
+def test_every_documented_operation_is_served(app: Flask) -> None:
+    unserved = documented_operations() - served_operations(app)
+
+    assert not unserved, f"openapi.yaml documents routes the app lacks: {unserved}"
+
+
+# Request bodies --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Body:
+    data: bytes
+    content_type: str
+
+
+@functools.cache
+def jpeg(name: str) -> bytes:
+    return encode(photo(name))
+
+
+def raw_jpeg() -> Body:
+    return Body(jpeg("chelsea"), "image/jpeg")
+
+
+def octet_stream_jpeg() -> Body:
+    return Body(jpeg("chelsea"), "application/octet-stream")
+
+
+def truncated_jpeg() -> Body:
+    data = jpeg("chelsea")
+    return Body(data[: len(data) // 2], "image/jpeg")
+
+
+def two_image_form() -> Body:
+    parts = MultiDict(
+        [
+            ("image", FileStorage(io.BytesIO(jpeg(name)), f"{name}.jpg"))
+            for name in ("chelsea", "coffee")
+        ]
+    )
+    boundary, data = encode_multipart(parts)
+    return Body(data, f"multipart/form-data; boundary={boundary}")
+
+
+def base64_json() -> Body:
+    encoded = base64.b64encode(jpeg("chelsea")).decode()
+    return Body(json.dumps({"image": encoded, "top_k": 3}).encode(), "application/json")
+
+
+def plain_text() -> Body:
+    return Body(b"a cat", "text/plain")
+
+
+# Exchanges -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One request to send and what the document must say of its answer.
+
+    ``documented_as`` names the operation whose responses describe the
+    answer when the request itself has none: an unknown path or a method
+    the path does not take. Every operation documents its 404 and 405.
+    """
+
+    id: str
+    method: str
+    path: str
+    status: HTTPStatus
+    body: Callable[[], Body] | None = None
+    query: dict[str, str] = field(default_factory=dict)
+    problem: str | None = None
+    documented_as: tuple[str, str] | None = None
+    app_fixture: str = "app"
+    results: int = 1
+    predictions: int = 5
+    model: str = "efficientnet-lite0"
+    # openapi-core reads a multipart file part as bytes where the schema says
+    # string, and leaves its text fields uncast, so it cannot check those.
+    request_checkable: bool = True
+
+    def arguments(self, method: str, path: str) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "path": path,
+            "method": method,
+            "base_url": SERVER_URL,
+            "query_string": self.query,
+        }
+        if self.body is not None:
+            body = self.body()
+            arguments.update(data=body.data, content_type=body.content_type)
+        return arguments
+
+    def sent(self) -> dict[str, Any]:
+        return self.arguments(self.method, self.path)
+
+    def as_documented(self) -> WerkzeugOpenAPIRequest:
+        method, path = self.documented_as or (self.method, self.path)
+        request = EnvironBuilder(**self.arguments(method, path)).get_request()
+        return WerkzeugOpenAPIRequest(request)
+
+
+EXCHANGES = [
+    Exchange("healthz", "GET", "/healthz", HTTPStatus.OK),
+    Exchange("readyz", "GET", "/readyz", HTTPStatus.OK),
+    Exchange("models", "GET", "/v1/models", HTTPStatus.OK),
+    Exchange("classify-raw-jpeg", "POST", "/v1/classify", HTTPStatus.OK, raw_jpeg),
+    Exchange(
+        "classify-multipart-two-images",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.OK,
+        two_image_form,
+        results=2,
+        request_checkable=False,
+    ),
+    Exchange(
+        "classify-octet-stream",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.OK,
+        octet_stream_jpeg,
+    ),
+    Exchange(
+        "classify-json-base64",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.OK,
+        base64_json,
+        predictions=3,
+    ),
+    Exchange(
+        "classify-top-k-1",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.OK,
+        raw_jpeg,
+        query={"top_k": "1"},
+        predictions=1,
+    ),
+    Exchange(
+        "classify-mobilenet-v2",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.OK,
+        raw_jpeg,
+        query={"model": "mobilenet-v2"},
+        model="mobilenet-v2",
+    ),
+    Exchange(
+        "404-unknown-path",
+        "POST",
+        "/v1/clasify",
+        HTTPStatus.NOT_FOUND,
+        raw_jpeg,
+        problem="not-found",
+        documented_as=("POST", "/v1/classify"),
+    ),
+    Exchange(
+        "405-get-classify",
+        "GET",
+        "/v1/classify",
+        HTTPStatus.METHOD_NOT_ALLOWED,
+        problem="method-not-allowed",
+        documented_as=("POST", "/v1/classify"),
+    ),
+    Exchange(
+        "405-post-healthz",
+        "POST",
+        "/healthz",
+        HTTPStatus.METHOD_NOT_ALLOWED,
+        problem="method-not-allowed",
+        documented_as=("GET", "/healthz"),
+    ),
+    Exchange(
+        "400-invalid-top-k",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.BAD_REQUEST,
+        raw_jpeg,
+        query={"top_k": "0"},
+        problem="invalid-parameter",
+    ),
+    Exchange(
+        "400-unknown-model",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.BAD_REQUEST,
+        raw_jpeg,
+        query={"model": "resnet50"},
+        problem="unknown-model",
+    ),
+    Exchange(
+        "400-invalid-image",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.BAD_REQUEST,
+        truncated_jpeg,
+        problem="invalid-image",
+    ),
+    Exchange(
+        "415-text-plain",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        plain_text,
+        problem="unsupported-media-type",
+    ),
+    Exchange(
+        "413-body-too-large",
+        "POST",
+        "/v1/classify",
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        raw_jpeg,
+        problem="body-too-large",
+        app_fixture="small_body_app",
+    ),
+]
+
+
+@pytest.mark.parametrize("exchange", EXCHANGES, ids=[e.id for e in EXCHANGES])
+def test_response_matches_the_document(
+    exchange: Exchange, openapi: OpenAPI, request: pytest.FixtureRequest
+) -> None:
+    app: Flask = request.getfixturevalue(exchange.app_fixture)
+    with app.test_client() as client:
+        response = client.open(**exchange.sent())
+
+    assert response.status_code == exchange.status, response.get_data(as_text=True)
+    if exchange.problem is not None:
+        assert response.json is not None
+        assert response.json["type"] == f"/problems/{exchange.problem}"
+    elif exchange.path == "/v1/classify":
+        assert_classification(response.json, exchange)
+    openapi.validate_response(
+        exchange.as_documented(), WerkzeugOpenAPIResponse(response)
+    )
+
+
+ACCEPTED = [e for e in EXCHANGES if e.status == HTTPStatus.OK and e.request_checkable]
+
+
+@pytest.mark.parametrize("exchange", ACCEPTED, ids=[e.id for e in ACCEPTED])
+def test_accepted_request_is_documented(exchange: Exchange, openapi: OpenAPI) -> None:
+    openapi.validate_request(exchange.as_documented())
+
+
+def assert_classification(body: Any, exchange: Exchange) -> None:
+    assert body["model"]["name"] == exchange.model
+    assert len(body["results"]) == exchange.results
+    for result in body["results"]:
+        assert len(result["predictions"]) == exchange.predictions
+
+
+# The validator itself: it must reject what the document does not allow, or
+# the exchanges above would pass whatever the app answered.
+
+NOT_FOUND = (
+    '{"type": "/problems/not-found", "title": "Not Found", "status": 404, '
+    '"detail": "No route matches GET /nowhere."'
+)
+METHOD_NOT_ALLOWED = (
+    '{"type": "/problems/method-not-allowed", "title": "Method Not Allowed", '
+    '"status": 405, "detail": "POST is not allowed on /healthz; use GET."}'
+)
+
+
+def healthz_request() -> WerkzeugOpenAPIRequest:
+    request = EnvironBuilder("/healthz", base_url=SERVER_URL).get_request()
+    return WerkzeugOpenAPIRequest(request)
+
+
+def error_chain(error: BaseException | None) -> Iterator[BaseException]:
+    while error is not None:
+        yield error
+        error = error.__cause__
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "mimetype", "reason"),
+    [
+        pytest.param(
+            '{"status": "ok", "uptime": 3}',
+            200,
+            "application/json",
+            InvalidData,
+            id="extra-member",
+        ),
+        pytest.param(
+            '{"status": "ok"}', 200, "text/plain", MediaTypeNotFound, id="text-plain"
+        ),
+        pytest.param(
+            '{"status": "ok"}',
+            418,
+            "application/json",
+            ResponseNotFound,
+            id="undocumented-status",
+        ),
+        pytest.param(
+            NOT_FOUND + ', "instance": "/nowhere"}',
+            404,
+            "application/problem+json",
+            InvalidData,
+            id="problem-with-extra-member",
+        ),
+        pytest.param(
+            NOT_FOUND + "}",
+            404,
+            "application/json",
+            MediaTypeNotFound,
+            id="problem-as-plain-json",
+        ),
+        pytest.param(
+            METHOD_NOT_ALLOWED,
+            405,
+            "application/problem+json",
+            MissingRequiredHeader,
+            id="405-without-allow",
+        ),
+    ],
+)
+def test_validator_rejects_undocumented_responses(
+    openapi: OpenAPI, body: str, status: int, mimetype: str, reason: type[Exception]
+) -> None:
+    response = Response(body, status=status, mimetype=mimetype)
+
+    with pytest.raises(OpenAPIError) as raised:
+        openapi.validate_response(healthz_request(), WerkzeugOpenAPIResponse(response))
+
+    assert any(isinstance(e, reason) for e in error_chain(raised.value)), raised.value
