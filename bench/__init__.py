@@ -1,0 +1,1 @@
+"""Benchmarks run on demand against a running service; not part of the tests."""
