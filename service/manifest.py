@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_FORMAT = 1
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
 class ModelContractError(RuntimeError):
@@ -31,26 +30,6 @@ class TensorSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    resize: int
-    crop: int
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "resize": self.resize,
-            "crop": self.crop,
-            "interpolation": self.interpolation,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "channel_order": "RGB",
-            "layout": "NCHW",
-        }
 
 
 @dataclass(frozen=True)
@@ -69,7 +48,8 @@ class ModelSpec:
     sha256: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    preprocessing: Preprocessing
+    # Each network family reads its own keys; see ``service.vision``.
+    preprocessing: dict[str, Any]
     labels: tuple[Label, ...]
     source: dict[str, str]
 
@@ -116,15 +96,14 @@ def _model_spec(entry: dict[str, Any], models_dir: Path) -> ModelSpec:
     name = str(entry["name"])
     path = models_dir / entry["file"]
     _check_file(path, entry["sha256"], f"model {name}")
-    labels_path = models_dir / entry["labels"]["file"]
-    _check_file(labels_path, entry["labels"]["sha256"], f"labels of {name}")
-    labels = tuple(
-        Label(int(item["index"]), str(item["wnid"]), str(item["label"]))
-        for item in json.loads(labels_path.read_text())
-    )
-    pre = entry["preprocessing"]
-    if pre["interpolation"] not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {pre['interpolation']!r}")
+    labels: tuple[Label, ...] = ()
+    if "labels" in entry:
+        labels_path = models_dir / entry["labels"]["file"]
+        _check_file(labels_path, entry["labels"]["sha256"], f"labels of {name}")
+        labels = tuple(
+            Label(int(item["index"]), str(item["wnid"]), str(item["label"]))
+            for item in json.loads(labels_path.read_text())
+        )
     return ModelSpec(
         name=name,
         version=str(entry["version"]),
@@ -133,13 +112,7 @@ def _model_spec(entry: dict[str, Any], models_dir: Path) -> ModelSpec:
         sha256=str(entry["sha256"]),
         inputs=tuple(_tensor_spec(item) for item in entry["inputs"]),
         outputs=tuple(_tensor_spec(item) for item in entry["outputs"]),
-        preprocessing=Preprocessing(
-            resize=int(pre["resize"]),
-            crop=int(pre["crop"]),
-            interpolation=str(pre["interpolation"]),
-            mean=_triple(pre["mean"]),
-            std=_triple(pre["std"]),
-        ),
+        preprocessing=dict(entry["preprocessing"]),
         labels=labels,
         source={str(k): str(v) for k, v in entry["source"].items()},
     )
@@ -148,12 +121,6 @@ def _model_spec(entry: dict[str, Any], models_dir: Path) -> ModelSpec:
 def _tensor_spec(item: dict[str, Any]) -> TensorSpec:
     shape = tuple(d if isinstance(d, str) else int(d) for d in item["shape"])
     return TensorSpec(str(item["name"]), shape, str(item["dtype"]))
-
-
-def _triple(values: list[float]) -> tuple[float, float, float]:
-    if len(values) != 3:
-        raise ValueError(f"expected 3 channel values, got {values!r}")
-    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def _check_file(path: Path, expected_sha256: str, what: str) -> None:

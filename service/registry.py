@@ -97,7 +97,7 @@ class ModelRegistry:
                 "default": spec.name == self.default_classifier,
                 "inputs": [tensor.as_dict() for tensor in spec.inputs],
                 "outputs": [tensor.as_dict() for tensor in spec.outputs],
-                "preprocessing": spec.preprocessing.as_dict(),
+                "preprocessing": spec.preprocessing,
                 "source": {
                     key: spec.source[key]
                     for key in ("artifact", "file", "sha256", "license")

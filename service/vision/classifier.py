@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from service.manifest import ModelSpec
+from service.manifest import ModelContractError, ModelSpec
 
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -39,14 +39,27 @@ class Classifier:
     def __init__(self, spec: ModelSpec, session: ort.InferenceSession) -> None:
         self.spec = spec
         self.session = session
-        pre = spec.preprocessing
         self.input_name = spec.inputs[0].name
         self.output_name = spec.outputs[0].name
-        self.crop = pre.crop
-        self.resize = pre.resize
-        self.resample = RESAMPLING[pre.interpolation]
-        self.scale = np.float32(1.0) / np.asarray(pre.std, dtype=np.float32)
-        self.offset = -np.asarray(pre.mean, dtype=np.float32) * self.scale
+        pre = spec.preprocessing
+        try:
+            self.crop = int(pre["crop"])
+            self.resize = int(pre["resize"])
+            self.resample = RESAMPLING[pre["interpolation"]]
+            std = np.asarray(pre["std"], dtype=np.float32).reshape(3)
+            mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelContractError(
+                f"model {spec.name}: preprocessing {pre!r} is not a classifier's "
+                f"({error!r})"
+            ) from None
+        if len(spec.labels) != spec.outputs[0].shape[-1]:
+            raise ModelContractError(
+                f"model {spec.name}: {len(spec.labels)} labels for "
+                f"{spec.outputs[0].shape[-1]} classes"
+            )
+        self.scale = np.float32(1.0) / std
+        self.offset = -mean * self.scale
 
     @property
     def min_side(self) -> int:
