@@ -136,7 +136,10 @@ def _build(
         [output.name for output in recipe.outputs],
         recipe.symbolic_axes,
         recipe.min_sizes,
+        recipe.forbidden_ops,
     )
+    if recipe.graph_check is not None:
+        recipe.graph_check(partial)
 
     logger.info("%s: checking parity with PyTorch", step)
     report = check_parity(

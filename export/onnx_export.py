@@ -38,6 +38,7 @@ def export_onnx(
     output_names: Sequence[str],
     symbolic_axes: dict[int, str] | None = None,
     min_sizes: dict[int, int] | None = None,
+    forbidden_ops: frozenset[str] = FORBIDDEN_OPS,
 ) -> None:
     """Export ``module`` to ``path``.
 
@@ -67,7 +68,7 @@ def export_onnx(
         )
     assert program is not None
     program.save(str(path))
-    check_onnx(path, input_name, output_names, sorted(axes))
+    check_onnx(path, input_name, output_names, sorted(axes), forbidden_ops)
 
 
 def check_onnx(
@@ -75,6 +76,7 @@ def check_onnx(
     input_name: str,
     output_names: Sequence[str],
     symbolic_axes: Sequence[int] = (0,),
+    forbidden_ops: frozenset[str] = FORBIDDEN_OPS,
 ) -> None:
     """Run ``onnx.checker`` and check names, symbolic axes and operators."""
     onnx.checker.check_model(str(path), full_check=True)
@@ -90,6 +92,6 @@ def check_onnx(
     fixed = [axis for axis in symbolic_axes if not dims[axis].dim_param]
     if fixed:
         raise ExportError(f"{path.name}: axes {fixed} of {input_name} are fixed")
-    found = FORBIDDEN_OPS & {node.op_type for node in graph.node}
+    found = forbidden_ops & {node.op_type for node in graph.node}
     if found:
         raise ExportError(f"{path.name}: graph contains {sorted(found)} nodes")
