@@ -11,7 +11,7 @@ import logging
 
 from flask import Flask
 
-from service.api import classify, health, models
+from service.api import classify, faces, health, models
 from service.api.context import EXTENSION_KEY, ServiceState
 from service.errors import register_error_handlers
 from service.registry import ModelRegistry
@@ -33,7 +33,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions[EXTENSION_KEY] = ServiceState(settings, registry)
 
     register_error_handlers(app)
-    for blueprint in (health.blueprint, models.blueprint, classify.blueprint):
+    for blueprint in (
+        health.blueprint,
+        models.blueprint,
+        classify.blueprint,
+        faces.blueprint,
+    ):
         app.register_blueprint(blueprint)
 
     registry.start_warm_up()

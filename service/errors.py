@@ -71,6 +71,11 @@ class TooManyImages(ProblemError):
     slug = "too-many-images"
 
 
+class NoFace(ProblemError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    slug = "no-face"
+
+
 class ImageTooLarge(ProblemError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     slug = "image-too-large"
@@ -97,8 +102,11 @@ _HTTP_SLUGS = {
 }
 
 
-# RFC 9110 renamed 413; Python's phrase for it depends on the version.
-TITLES = {HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "Content Too Large"}
+# RFC 9110 renamed 413 and 422; Python's phrases follow its version.
+TITLES = {
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "Content Too Large",
+    HTTPStatus.UNPROCESSABLE_ENTITY: "Unprocessable Content",
+}
 
 
 def problem_response(

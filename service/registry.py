@@ -12,26 +12,42 @@ import logging
 import threading
 from typing import Any
 
-from service.errors import UnknownModel
+from service.errors import NotReady, UnknownModel
 from service.manifest import Manifest, ModelContractError, load_manifest
 from service.runtime import choose_providers, create_session
 from service.settings import Settings
 from service.vision.classifier import Classifier
+from service.vision.faces import FaceAnalyzer, Model
 
 logger = logging.getLogger(__name__)
 
 CLASSIFICATION = "classification"
+FACE_TASKS = {
+    "pnet": "face-detection",
+    "rnet": "face-detection",
+    "onet": "face-detection",
+    "embedder": "face-embedding",
+    "age": "age-estimation",
+    "gender": "gender-classification",
+}
 
 
 class ModelRegistry:
     """Loaded models by name, and whether they are warmed up."""
 
     def __init__(
-        self, manifest: Manifest, classifiers: dict[str, Classifier], default: str
+        self,
+        manifest: Manifest,
+        models: dict[str, Model],
+        classifiers: dict[str, Classifier],
+        default: str,
+        faces: FaceAnalyzer | None,
     ) -> None:
         self.manifest = manifest
+        self.models = models
         self.classifiers = classifiers
         self.default_classifier = default
+        self.faces = faces
         self.ready = threading.Event()
         self.failure: str | None = None
 
@@ -40,20 +56,22 @@ class ModelRegistry:
         manifest = load_manifest(settings.models_dir)
         providers = choose_providers(settings.providers)
         logger.info("onnxruntime providers: %s", ", ".join(providers))
-        classifiers = {}
-        for spec in manifest.models:
-            if spec.task != CLASSIFICATION:
-                logger.warning("skipping model %s: task %s", spec.name, spec.task)
-                continue
-            session = create_session(spec, providers, settings.threads)
-            classifiers[spec.name] = Classifier(spec, session)
+        models = {
+            spec.name: Model(spec, create_session(spec, providers, settings.threads))
+            for spec in manifest.models
+        }
+        classifiers = {
+            name: Classifier(model.spec, model.session)
+            for name, model in models.items()
+            if model.spec.task == CLASSIFICATION
+        }
         default = settings.default_model or manifest.defaults.get(CLASSIFICATION, "")
         if default not in classifiers:
             raise ModelContractError(
                 f"default classifier {default!r} is not among the loaded models "
                 f"({', '.join(classifiers) or 'none'})"
             )
-        return cls(manifest, classifiers, default)
+        return cls(manifest, models, classifiers, default, _face_analyzer(models))
 
     def start_warm_up(self) -> threading.Thread:
         # Not a daemon: a worker told to stop mid-warm-up waits for the run
@@ -68,12 +86,14 @@ class ModelRegistry:
             for name, classifier in self.classifiers.items():
                 classifier.warm_up()
                 logger.debug("warmed up %s", name)
+            if self.faces is not None:
+                self.faces.warm_up()
         except Exception as error:
             self.failure = f"warming up the models failed: {error}"
             logger.exception("warming up the models failed")
             return
         self.ready.set()
-        logger.info("models ready: %s", ", ".join(self.classifiers))
+        logger.info("models ready: %s", ", ".join(self.models))
 
     def classifier(self, name: str | None) -> Classifier:
         """Return the classifier called ``name``, or the default one."""
@@ -87,6 +107,14 @@ class ModelRegistry:
                 f"available: {', '.join(self.classifiers)}."
             ) from None
 
+    def face_analyzer(self) -> FaceAnalyzer:
+        if self.faces is None:
+            raise NotReady(
+                "The face models are not installed; rebuild them with "
+                "`python -m export`."
+            )
+        return self.faces
+
     def describe(self) -> list[dict[str, Any]]:
         """Describe every loaded model for ``GET /v1/models``."""
         return [
@@ -94,7 +122,8 @@ class ModelRegistry:
                 "name": spec.name,
                 "version": spec.version,
                 "task": spec.task,
-                "default": spec.name == self.default_classifier,
+                "default": spec.name == self.default_classifier
+                or spec.name == self.manifest.defaults.get(spec.task),
                 "inputs": [tensor.as_dict() for tensor in spec.inputs],
                 "outputs": [tensor.as_dict() for tensor in spec.outputs],
                 "preprocessing": spec.preprocessing,
@@ -103,8 +132,26 @@ class ModelRegistry:
                     for key in ("artifact", "file", "sha256", "license")
                     if key in spec.source
                 },
-                "providers": list(classifier.session.get_providers()),
+                "providers": list(model.session.get_providers()),
             }
-            for classifier in self.classifiers.values()
-            for spec in [classifier.spec]
+            for model in self.models.values()
+            for spec in [model.spec]
         ]
+
+
+def _face_analyzer(models: dict[str, Model]) -> FaceAnalyzer | None:
+    """Assemble the face pipeline from the manifest's face models, if any."""
+    by_role: dict[str, Model] = {}
+    for model in models.values():
+        task = model.spec.task
+        role = model.spec.preprocessing.get("role")
+        if task in FACE_TASKS.values() and isinstance(role, str):
+            by_role[role] = model
+    if not by_role:
+        return None
+    missing = sorted(set(FACE_TASKS) - set(by_role))
+    if missing:
+        raise ModelContractError(
+            f"the manifest has face models but none for {', '.join(missing)}"
+        )
+    return FaceAnalyzer(**by_role)

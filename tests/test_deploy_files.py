@@ -43,7 +43,11 @@ CONTRACT_ROUTES = {
     "/readyz": "get",
     "/v1/models": "get",
     "/v1/classify": "post",
+    "/v1/faces/detect": "post",
+    "/v1/faces/embed": "post",
+    "/v1/faces/verify": "post",
 }
+FACE_ROUTES = ["/v1/faces/detect", "/v1/faces/embed", "/v1/faces/verify"]
 CONTRACT_PROBLEMS = {
     "not-found": 404,
     "method-not-allowed": 405,
@@ -59,8 +63,15 @@ CONTRACT_PROBLEMS = {
     "unknown-model": 400,
     "too-many-images": 400,
     "bad-request": 400,
+    "no-face": 422,
     "not-ready": 503,
     "internal-error": 500,
+}
+# Where a problem of each status is checked against the documented schema;
+# any other status is checked on /v1/classify.
+PROBLEM_ROUTES = {
+    422: ("/v1/faces/detect", "post"),
+    503: ("/readyz", "get"),
 }
 GUNICORN_COMMAND = ["gunicorn", "-c", "gunicorn.conf.py", "service:create_app()"]
 
@@ -375,6 +386,18 @@ def test_classify_documents_its_error_statuses(openapi: dict[str, Any]) -> None:
     assert "503" in openapi["paths"]["/readyz"]["get"]["responses"]
 
 
+@pytest.mark.parametrize("path", FACE_ROUTES)
+def test_face_routes_document_their_error_statuses(
+    openapi: dict[str, Any], path: str
+) -> None:
+    responses = openapi["paths"][path]["post"]["responses"]
+    unavailable = resolve(openapi, responses["503"])
+
+    assert {"400", "413", "415", "422", "503"} <= set(responses)
+    # Missing face models stay missing: retrying cannot help.
+    assert "Retry-After" not in unavailable.get("headers", {})
+
+
 def test_every_error_is_a_problem_json_body(openapi: dict[str, Any]) -> None:
     for path, method, operation in operations(openapi):
         for status, response in operation["responses"].items():
@@ -416,7 +439,7 @@ def test_every_contract_problem_type_is_documented(openapi: dict[str, Any]) -> N
 def test_contract_problems_match_the_documented_error_schema(
     openapi: dict[str, Any], slug: str, status: int
 ) -> None:
-    path, method = ("/readyz", "get") if status == 503 else ("/v1/classify", "post")
+    path, method = PROBLEM_ROUTES.get(status, ("/v1/classify", "post"))
     response = openapi["paths"][path][method]["responses"][str(status)]
     content = resolve(openapi, response)["content"][PROBLEM_MEDIA_TYPE]
     schema_pointer = content["schema"]["$ref"]
@@ -497,6 +520,159 @@ def test_top_k_schema_bounds(openapi: dict[str, Any], top_k: int, valid: bool) -
     validator = schema_validator(openapi, "#/components/schemas/TopK")
 
     assert validator.is_valid(top_k) is valid
+
+
+def point(x: float, y: float) -> dict[str, float]:
+    return {"x": x, "y": y}
+
+
+FACE = {
+    "box": {"x": -2.5, "y": 64.9, "width": 81.5, "height": 103.6},
+    "score": 0.9998,
+    "landmarks": {
+        "left_eye": point(20.1, 105.6),
+        "right_eye": point(40.7, 101.9),
+        "nose": point(24.3, 125.8),
+        "mouth_left": point(21.0, 145.2),
+        "mouth_right": point(40.2, 142.0),
+    },
+    "age": {"years": 34.6, "range": [29.0, 40.0]},
+    "gender": {"label": "female", "probability": 0.9731},
+}
+NO_NOSE = {name: p for name, p in FACE["landmarks"].items() if name != "nose"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "valid"),
+    [
+        ({}, True),
+        ({"age": None, "gender": None}, True),
+        ({"score": 1.5}, False),
+        ({"gender": {"label": "other", "probability": 0.9}}, False),
+        ({"gender": {"label": "male", "probability": 0.4}}, False),
+        ({"age": {"years": 30.0, "range": [25.0, 30.0, 35.0]}}, False),
+        ({"landmarks": NO_NOSE}, False),
+        ({"box": {"x": 1, "y": 2, "width": -3, "height": 4}}, False),
+        ({"embedding": [0.1, 0.2]}, False),
+    ],
+    ids=[
+        "complete",
+        "without-attributes",
+        "score-above-one",
+        "unknown-gender",
+        "gender-below-half",
+        "age-range-of-three",
+        "landmarks-without-nose",
+        "negative-width",
+        "embedding-in-detect",
+    ],
+)
+def test_detected_face_schema(
+    openapi: dict[str, Any], changes: dict[str, Any], valid: bool
+) -> None:
+    face = {**FACE, **changes}
+    face = {name: value for name, value in face.items() if value is not None}
+    validator = schema_validator(openapi, "#/components/schemas/DetectedFace")
+
+    assert validator.is_valid(face) is valid
+
+
+IMAGE_SIDE = {"source": "image1", "face": 0, "box": FACE["box"]}
+
+
+@pytest.mark.parametrize(
+    ("faces", "valid"),
+    [
+        ([IMAGE_SIDE, {"source": "embedding2"}], True),
+        ([{"source": "embedding1"}, {"source": "embedding2"}], True),
+        ([{"source": "embedding2"}, IMAGE_SIDE], False),
+        ([IMAGE_SIDE], False),
+        ([{"source": "image1"}, {"source": "embedding2"}], False),
+        ([{"source": "embedding1", "face": 0}, {"source": "embedding2"}], False),
+    ],
+    ids=[
+        "image-and-embedding",
+        "two-embeddings",
+        "sides-swapped",
+        "one-side",
+        "image-without-box",
+        "embedding-with-face",
+    ],
+)
+def test_verify_response_schema_faces(
+    openapi: dict[str, Any], faces: list[dict[str, Any]], valid: bool
+) -> None:
+    body = {
+        "model": {"name": "facenet", "version": "1"},
+        "distance": 0.48,
+        "similarity": 0.8848,
+        "threshold": 1.1,
+        "verified": True,
+        "faces": faces,
+    }
+    validator = schema_validator(openapi, "#/components/schemas/VerifyFacesResponse")
+
+    assert validator.is_valid(body) is valid
+
+
+@pytest.mark.parametrize(
+    ("body", "valid"),
+    [
+        ({"image1": "R0lG", "image2": "R0lG"}, True),
+        ({"embedding1": [0.1, 0.2], "image2": "R0lG", "face2": 1}, True),
+        ({"image1": "R0lG", "embedding1": [0.1], "image2": "R0lG"}, False),
+        ({"image1": "R0lG"}, False),
+        ({"image1": "R0lG", "embedding2": []}, False),
+        ({"image1": "R0lG", "image2": "R0lG", "threshold": 4.5}, False),
+        ({"image1": "R0lG", "image2": "R0lG", "face1": 100}, False),
+    ],
+    ids=[
+        "two-images",
+        "embedding-and-image",
+        "image-and-embedding-on-one-side",
+        "no-second-side",
+        "empty-embedding",
+        "threshold-above-four",
+        "face-index-100",
+    ],
+)
+def test_verify_json_schema(
+    openapi: dict[str, Any], body: dict[str, Any], valid: bool
+) -> None:
+    validator = schema_validator(openapi, "#/components/schemas/VerifyFacesJson")
+
+    assert validator.is_valid(body) is valid
+
+
+@pytest.mark.parametrize(
+    ("attributes", "valid"),
+    [
+        ("age", True),
+        ("age,gender", True),
+        (" gender , age ", True),
+        ("", True),
+        ("age gender", False),
+        ("agegender", False),
+        ("age,height", False),
+    ],
+)
+def test_face_attributes_schema(
+    openapi: dict[str, Any], attributes: str, valid: bool
+) -> None:
+    validator = schema_validator(openapi, "#/components/schemas/FaceAttributes")
+
+    assert validator.is_valid(attributes) is valid
+
+
+@pytest.mark.parametrize(
+    ("size", "valid"), [(11, False), (12, True), (4096, True), (4097, False)]
+)
+def test_min_face_size_schema_bounds(
+    openapi: dict[str, Any], size: int, valid: bool
+) -> None:
+    validator = schema_validator(openapi, "#/components/schemas/MinFaceSize")
+
+    assert validator.is_valid(size) is valid
 
 
 # Dockerfile tests -------------------------------------------------------------

@@ -27,10 +27,27 @@ def test_every_model_entry_is_complete(models_dir: Path) -> None:
     manifest = read(models_dir)
 
     assert manifest["format_version"] == 1
-    assert manifest["defaults"] == {"classification": "efficientnet-lite0"}
+    assert manifest["defaults"]["classification"] == "efficientnet-lite0"
     for entry in manifest["models"]:
         assert SHA256.match(entry["sha256"])
         assert (models_dir / entry["file"]).is_file()
+        assert "==" in entry["source"]["artifact"]
+        assert SHA256.match(entry["source"]["sha256"])
+        assert entry["parity"]["max_abs_diff"] <= entry["parity"]["tolerance"]
+        assert entry["inputs"][0]["shape"][0] == "batch"
+        assert entry["preprocessing"]["channel_order"] == "RGB"
+
+
+def test_classifier_entries_declare_what_the_classifier_reads(
+    models_dir: Path,
+) -> None:
+    entries = [m for m in read(models_dir)["models"] if m["task"] == "classification"]
+
+    assert {entry["name"] for entry in entries} == {
+        "efficientnet-lite0",
+        "mobilenet-v2",
+    }
+    for entry in entries:
         assert entry["inputs"] == [
             {"name": "image", "shape": ["batch", 3, 224, 224], "dtype": "float32"}
         ]
@@ -40,10 +57,21 @@ def test_every_model_entry_is_complete(models_dir: Path) -> None:
         pre = entry["preprocessing"]
         assert pre["channel_order"] == "RGB" and pre["layout"] == "NCHW"
         assert pre["crop"] == 224 and pre["resize"] >= pre["crop"]
-        assert "==" in entry["source"]["artifact"]
-        assert SHA256.match(entry["source"]["sha256"])
-        assert entry["parity"]["max_abs_diff"] <= entry["parity"]["tolerance"]
         assert entry["parity"]["top1_agreement"] == 1.0
+
+
+def test_face_entries_cover_every_role_of_the_pipeline(models_dir: Path) -> None:
+    roles = {
+        entry["preprocessing"].get("role"): entry
+        for entry in read(models_dir)["models"]
+        if entry["task"] != "classification"
+    }
+
+    assert set(roles) == {"pnet", "rnet", "onet", "embedder", "age", "gender"}
+    assert roles["pnet"]["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    assert roles["embedder"]["outputs"][0]["shape"] == ["batch", 512]
+    assert roles["age"]["preprocessing"]["class_years"][1:] == list(range(1, 81))
+    assert roles["gender"]["preprocessing"]["classes"] == ["female", "male"]
 
 
 def test_labels_cover_imagenet(models_dir: Path) -> None:

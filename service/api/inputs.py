@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from flask import Request
 
 from service.errors import (
@@ -28,6 +30,7 @@ from service.errors import (
 
 ACCEPTED_TYPES = "multipart/form-data, image/*, application/json"
 RAW_TYPES = ("application/octet-stream",)
+MAX_EMBEDDING_SIZE = 4096
 
 
 @dataclass
@@ -99,6 +102,16 @@ def _read_multipart(request: Request) -> ImageRequest:
 
 
 def _read_json(request: Request) -> ImageRequest:
+    document = _json_object(request, "an 'image' member")
+    encoded = document.pop("image", None)
+    if encoded is None:
+        raise MissingImage("The JSON object has no 'image' member.")
+    if not isinstance(encoded, str):
+        raise InvalidParameter("'image' must be a base64 string.")
+    return ImageRequest([decode_base64(encoded)], ["image"], document)
+
+
+def _json_object(request: Request, expected: str) -> dict[str, Any]:
     raw = request.get_data(cache=False)
     if not raw:
         raise EmptyBody("The request body is empty; expected a JSON object.")
@@ -109,30 +122,100 @@ def _read_json(request: Request) -> ImageRequest:
     except RecursionError:
         raise InvalidJSON("The JSON body is nested too deeply to parse.") from None
     if not isinstance(document, dict):
-        raise InvalidJSON("The JSON body must be an object with an 'image' member.")
-    encoded = document.pop("image", None)
-    if encoded is None:
-        raise MissingImage("The JSON object has no 'image' member.")
-    if not isinstance(encoded, str):
-        raise InvalidParameter("'image' must be a base64 string.")
-    return ImageRequest([decode_base64(encoded)], ["image"], document)
+        raise InvalidJSON(f"The JSON body must be an object with {expected}.")
+    return document
 
 
-def decode_base64(encoded: str) -> bytes:
+@dataclass
+class PairRequest:
+    """Two faces to compare, each as image bytes or as an embedding."""
+
+    images: dict[str, bytes]
+    embeddings: dict[str, npt.NDArray[np.float32]]
+    options: dict[str, Any]
+
+
+PAIR_SIDES = ("1", "2")
+
+
+def read_pair_request(request: Request) -> PairRequest:
+    """Read ``image1``/``image2`` or ``embedding1``/``embedding2``.
+
+    Multipart forms carry images as files; JSON carries base64 images or
+    embeddings as arrays of numbers. Each side needs exactly one of the two.
+    """
+    mimetype = request.mimetype
+    if request.content_length == 0 or (not mimetype and not _has_body(request)):
+        raise EmptyBody("The request has no body; send image1 and image2.")
+    if mimetype == "multipart/form-data":
+        fields: dict[str, Any] = {name: value for name, value in request.form.items()}
+        for name in request.files:
+            fields[name] = request.files[name].read()
+    elif mimetype == "application/json" or mimetype.endswith("+json"):
+        fields = _json_object(request, "image1 and image2 or embeddings")
+    else:
+        shown = (
+            f"Content-Type {mimetype}" if mimetype else "A body without Content-Type"
+        )
+        raise UnsupportedMediaType(
+            f"{shown} is not accepted; use multipart/form-data or application/json."
+        )
+
+    images: dict[str, bytes] = {}
+    embeddings: dict[str, npt.NDArray[np.float32]] = {}
+    for side in PAIR_SIDES:
+        image = fields.pop(f"image{side}", None)
+        embedding = fields.pop(f"embedding{side}", None)
+        if (image is None) == (embedding is None):
+            raise MissingImage(f"Give exactly one of image{side} and embedding{side}.")
+        if embedding is not None:
+            embeddings[side] = _embedding(embedding, f"embedding{side}")
+        elif isinstance(image, bytes):
+            images[side] = image
+        elif isinstance(image, str) and mimetype != "multipart/form-data":
+            images[side] = decode_base64(image, f"image{side}")
+        else:
+            raise MissingImage(f"image{side} must be a file upload.")
+    for name, value in request.args.items():
+        fields.setdefault(name, value)
+    return PairRequest(images, embeddings, fields)
+
+
+def _embedding(value: Any, name: str) -> npt.NDArray[np.float32]:
+    if isinstance(value, bytes | str):
+        try:
+            value = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            value = None
+    numbers = (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_EMBEDDING_SIZE
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    )
+    vector = np.asarray(value if numbers else [], dtype=np.float64)
+    norm = float(np.linalg.norm(vector)) if numbers else 0.0
+    if not numbers or not np.isfinite(norm) or norm == 0.0:
+        raise InvalidParameter(
+            f"{name} must be a non-zero array of numbers, as /v1/faces/embed returns."
+        )
+    return (vector / norm).astype(np.float32)
+
+
+def decode_base64(encoded: str, name: str = "image") -> bytes:
     """Decode standard or URL-safe base64, with or without a data: prefix."""
     if encoded.startswith("data:"):
         header, _, encoded = encoded.partition(",")
         if not header.endswith(";base64"):
-            raise InvalidBase64("A data: URL image must be base64 encoded.")
+            raise InvalidBase64(f"A data: URL {name} must be base64 encoded.")
     compact = "".join(encoded.split())
     if not compact:
-        raise EmptyBody("'image' is an empty string.")
+        raise EmptyBody(f"'{name}' is an empty string.")
     compact = compact.replace("-", "+").replace("_", "/")
     compact += "=" * (-len(compact) % 4)
     try:
         return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidBase64("'image' is not valid base64.") from None
+        raise InvalidBase64(f"'{name}' is not valid base64.") from None
 
 
 def int_option(
@@ -163,3 +246,23 @@ def str_option(options: dict[str, Any], name: str) -> str | None:
     if not isinstance(raw, str):
         raise InvalidParameter(f"{name} must be a string, got {raw!r}.")
     return raw
+
+
+def float_option(
+    options: dict[str, Any], name: str, default: float, low: float, high: float
+) -> float:
+    """Read a number option and check it lies in ``[low, high]``."""
+    raw = options.get(name)
+    if raw is None or raw == "":
+        return default
+    value: float | None = None
+    if isinstance(raw, int | float | str) and not isinstance(raw, bool):
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+    if value is None or not low <= value <= high:
+        raise InvalidParameter(
+            f"{name} must be a number from {low:g} to {high:g}, got {raw!r}."
+        )
+    return value

@@ -1,0 +1,232 @@
+"""Face routes: detect (with age and gender), embed, and verify.
+
+``POST /v1/faces/detect`` and ``/v1/faces/embed`` take images the way
+``/v1/classify`` does. ``POST /v1/faces/verify`` compares two faces, each
+given as an image (``image1``, ``image2``) or as an embedding from
+``/v1/faces/embed`` (``embedding1``, ``embedding2``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, g, request
+from PIL import Image
+
+from service.api.context import state
+from service.api.inputs import (
+    float_option,
+    int_option,
+    read_image_request,
+    read_pair_request,
+    str_option,
+)
+from service.errors import InvalidParameter, NoFace
+from service.imaging import decode_image
+from service.manifest import ModelSpec
+from service.vision.faces import DEFAULT_MIN_FACE_SIZE, FaceAnalyzer
+from service.vision.mtcnn import LANDMARK_NAMES, Face
+
+blueprint = Blueprint("faces", __name__)
+
+ATTRIBUTES = ("age", "gender")
+MAX_FACES = 100
+MIN_FACE_SIZE_LIMITS = (12, 4096)
+# Euclidean distance between unit embeddings below which two faces are
+# taken to be one person; see the README for how it was chosen.
+DEFAULT_THRESHOLD = 1.1
+
+
+@blueprint.post("/v1/faces/detect")
+def detect() -> dict[str, Any]:
+    analyzer, images, faces = _detect_request(_attributes)
+    attributes = _attributes(_options_of_request())
+
+    results = []
+    ages = analyzer.estimate_age(images, faces) if "age" in attributes else None
+    genders = (
+        analyzer.estimate_gender(images, faces) if "gender" in attributes else None
+    )
+    for number, (image, image_faces) in enumerate(zip(images, faces, strict=True)):
+        described = []
+        for index, face in enumerate(image_faces):
+            entry = describe_face(face)
+            if ages is not None:
+                age = ages[number][index]
+                entry["age"] = {
+                    "years": round(age.years, 1),
+                    "range": [age.low, age.high],
+                }
+            if genders is not None:
+                gender = genders[number][index]
+                entry["gender"] = {
+                    "label": gender.label,
+                    "probability": round(gender.probability, 4),
+                }
+            described.append(entry)
+        results.append(
+            {"width": image.width, "height": image.height, "faces": described}
+        )
+
+    models = {"detector": {"name": "mtcnn", "version": analyzer.onet.spec.version}}
+    if ages is not None:
+        models["age"] = _model_name(analyzer.age.model.spec)
+    if genders is not None:
+        models["gender"] = _model_name(analyzer.gender.model.spec)
+    return {"models": models, "results": results}
+
+
+@blueprint.post("/v1/faces/embed")
+def embed() -> dict[str, Any]:
+    analyzer, images, faces = _detect_request()
+    embeddings = analyzer.embed(images, faces)
+
+    results = []
+    for image, image_faces, vectors in zip(images, faces, embeddings, strict=True):
+        described = []
+        for face, vector in zip(image_faces, vectors, strict=True):
+            entry = describe_face(face)
+            entry["embedding"] = [round(float(v), 6) for v in vector]
+            described.append(entry)
+        results.append(
+            {"width": image.width, "height": image.height, "faces": described}
+        )
+    return {"model": _model_name(analyzer.embedder.model.spec), "results": results}
+
+
+@blueprint.post("/v1/faces/verify")
+def verify() -> dict[str, Any]:
+    settings = state().settings
+    pair = read_pair_request(request)
+    options = pair.options
+    threshold = float_option(options, "threshold", DEFAULT_THRESHOLD, 0.0, 4.0)
+    min_face_size = int_option(
+        options, "min_face_size", DEFAULT_MIN_FACE_SIZE, *MIN_FACE_SIZE_LIMITS
+    )
+    face_indices = {
+        side: int_option(options, f"face{side}", 0, 0, MAX_FACES - 1)
+        for side in ("1", "2")
+    }
+    analyzer = state().registry.face_analyzer()
+    dimensions = analyzer.embedding_size
+    for side, vector in pair.embeddings.items():
+        if len(vector) != dimensions:
+            raise InvalidParameter(
+                f"embedding{side} has {len(vector)} numbers; "
+                f"{analyzer.embedder.model.spec.name} embeddings have {dimensions}."
+            )
+
+    vectors = []
+    compared: list[dict[str, Any]] = []
+    for side, face_index in face_indices.items():
+        if side in pair.embeddings:
+            vectors.append(pair.embeddings[side])
+            compared.append({"source": f"embedding{side}"})
+            continue
+        label = f"image{side}"
+        image = decode_image(
+            pair.images[side], max_pixels=settings.max_pixels, label=label
+        )
+        faces = analyzer.detect(image, min_face_size)
+        if not faces:
+            raise NoFace(_no_face_detail(label, min_face_size))
+        if face_index >= len(faces):
+            raise InvalidParameter(
+                f"face{side} is {face_index} but {label} has {len(faces)} "
+                f"face{'s' if len(faces) != 1 else ''}."
+            )
+        face = faces[face_index]
+        vectors.append(analyzer.embed([image], [[face]])[0][0])
+        compared.append(
+            {"source": label, "face": face_index, "box": describe_box(face)}
+        )
+
+    distance = float(np.linalg.norm(vectors[0] - vectors[1]))
+    return {
+        "model": _model_name(analyzer.embedder.model.spec),
+        "distance": round(distance, 6),
+        "similarity": round(1.0 - distance**2 / 2.0, 6),
+        "threshold": threshold,
+        "verified": distance <= threshold,
+        "faces": compared,
+    }
+
+
+def _detect_request(
+    check_options: Callable[[dict[str, Any]], object] | None = None,
+) -> tuple[FaceAnalyzer, list[Image.Image], list[list[Face]]]:
+    """Read, check and decode the images, then find their faces.
+
+    Every option is checked before any detection runs, so a bad option is
+    a 400 however long detection would have taken.
+    """
+    settings = state().settings
+    parsed = read_image_request(request, settings.max_images)
+    g.face_options = options = parsed.options
+    min_face_size = int_option(
+        options, "min_face_size", DEFAULT_MIN_FACE_SIZE, *MIN_FACE_SIZE_LIMITS
+    )
+    max_faces = int_option(options, "max_faces", MAX_FACES, 1, MAX_FACES)
+    if check_options is not None:
+        check_options(options)
+    analyzer = state().registry.face_analyzer()
+
+    images = [
+        decode_image(data, max_pixels=settings.max_pixels, label=label)
+        for data, label in zip(parsed.images, parsed.labels, strict=True)
+    ]
+    faces = [analyzer.detect(image, min_face_size, max_faces) for image in images]
+    for label, image_faces in zip(parsed.labels, faces, strict=True):
+        if not image_faces:
+            raise NoFace(_no_face_detail(label, min_face_size))
+    return analyzer, images, faces
+
+
+def _options_of_request() -> dict[str, Any]:
+    options: dict[str, Any] = g.face_options
+    return options
+
+
+def _attributes(options: dict[str, Any]) -> set[str]:
+    raw = str_option(options, "attributes") or ""
+    wanted = {name.strip() for name in raw.split(",") if name.strip()}
+    unknown = sorted(wanted - set(ATTRIBUTES))
+    if unknown:
+        raise InvalidParameter(
+            f"attributes may be {', '.join(ATTRIBUTES)}; got {', '.join(unknown)}."
+        )
+    return wanted
+
+
+def _no_face_detail(label: str, min_face_size: int) -> str:
+    return (
+        f"{label} has no face (faces of at least {min_face_size} pixels were "
+        "looked for)."
+    )
+
+
+def _model_name(spec: ModelSpec) -> dict[str, str]:
+    return {"name": spec.name, "version": spec.version}
+
+
+def describe_box(face: Face) -> dict[str, float]:
+    x1, y1, x2, y2 = face.box
+    return {
+        "x": round(x1, 1),
+        "y": round(y1, 1),
+        "width": round(x2 - x1, 1),
+        "height": round(y2 - y1, 1),
+    }
+
+
+def describe_face(face: Face) -> dict[str, Any]:
+    return {
+        "box": describe_box(face),
+        "score": round(float(face.score), 4),
+        "landmarks": {
+            name: {"x": round(float(x), 1), "y": round(float(y), 1)}
+            for name, (x, y) in zip(LANDMARK_NAMES, face.landmarks, strict=True)
+        },
+    }
