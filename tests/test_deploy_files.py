@@ -606,7 +606,7 @@ def test_verify_response_schema_faces(
         "model": {"name": "facenet", "version": "1"},
         "distance": 0.48,
         "similarity": 0.8848,
-        "threshold": 1.1,
+        "threshold": 1.05,
         "verified": True,
         "faces": faces,
     }

@@ -171,6 +171,9 @@ class FaceAnalyzer:
         faces = detector.detect(work)
         if scale < 1.0:
             faces = [_rescale(face, 1.0 / scale) for face in faces]
+        # Largest by the part inside the photo: a face cut by the edge has a
+        # box reaching past it, and must not outrank the subject.
+        faces.sort(key=lambda face: _visible_area(face, image.size), reverse=True)
         return faces[:max_faces] if max_faces else faces
 
     def embed(
@@ -279,6 +282,13 @@ def _margin_crops(
             image.resize((size, size), Image.Resampling.BILINEAR, box=box)
         )
     return crops
+
+
+def _visible_area(face: Face, size: tuple[int, int]) -> float:
+    x1, y1, x2, y2 = face.box
+    width = min(x2, size[0]) - max(x1, 0.0)
+    height = min(y2, size[1]) - max(y1, 0.0)
+    return max(width, 0.0) * max(height, 0.0)
 
 
 def _quantile(
