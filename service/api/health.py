@@ -30,4 +30,4 @@ def readyz() -> dict[str, Any]:
     if not registry.ready.is_set():
         detail = registry.failure or "The models are still loading."
         raise NotReady(detail, headers={"Retry-After": RETRY_AFTER_SECONDS})
-    return {"status": "ready", "models": list(registry.classifiers)}
+    return {"status": "ready", "models": list(registry.models)}
