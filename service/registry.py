@@ -115,6 +115,11 @@ class ModelRegistry:
             )
         return self.faces
 
+    def _default_for(self, task: str) -> str | None:
+        if task == CLASSIFICATION:
+            return self.default_classifier
+        return self.manifest.defaults.get(task)
+
     def describe(self) -> list[dict[str, Any]]:
         """Describe every loaded model for ``GET /v1/models``."""
         return [
@@ -122,8 +127,7 @@ class ModelRegistry:
                 "name": spec.name,
                 "version": spec.version,
                 "task": spec.task,
-                "default": spec.name == self.default_classifier
-                or spec.name == self.manifest.defaults.get(spec.task),
+                "default": spec.name == self._default_for(spec.task),
                 "inputs": [tensor.as_dict() for tensor in spec.inputs],
                 "outputs": [tensor.as_dict() for tensor in spec.outputs],
                 "preprocessing": spec.preprocessing,

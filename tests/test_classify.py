@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import encode, photo
+from tests.conftest import encode, make_app, photo
 
 MODELS = ("efficientnet-lite0", "mobilenet-v2")
 
@@ -160,3 +161,18 @@ def test_probes(client: FlaskClient) -> None:
     assert ready.json is not None
     assert ready.json["status"] == "ready"
     assert set(MODELS) <= set(ready.json["models"])
+
+
+def test_default_model_setting_moves_the_default_flag(models_dir: Path) -> None:
+    app = make_app(models_dir, default_model="mobilenet-v2")
+
+    with app.test_client() as client:
+        listed = client.get("/v1/models").json
+        answer = client.post(
+            "/v1/classify", data=encode(photo("chelsea")), content_type="image/jpeg"
+        ).json
+
+    assert listed is not None and answer is not None
+    defaults = {m["name"] for m in listed["models"] if m["default"]}
+    assert "mobilenet-v2" in defaults and "efficientnet-lite0" not in defaults
+    assert answer["model"]["name"] == "mobilenet-v2"
