@@ -121,6 +121,9 @@ def _json_object(request: Request, expected: str) -> dict[str, Any]:
         raise InvalidJSON(f"The body is not valid JSON: {error}.") from None
     except RecursionError:
         raise InvalidJSON("The JSON body is nested too deeply to parse.") from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits.
+        raise InvalidJSON("The JSON body holds a number too long to parse.") from None
     if not isinstance(document, dict):
         raise InvalidJSON(f"The JSON body must be an object with {expected}.")
     return document
@@ -185,20 +188,26 @@ def _embedding(value: Any, name: str) -> npt.NDArray[np.float32]:
     if isinstance(value, bytes | str):
         try:
             value = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             value = None
     numbers = (
         isinstance(value, list)
         and 0 < len(value) <= MAX_EMBEDDING_SIZE
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
     )
-    vector = np.asarray(value if numbers else [], dtype=np.float64)
-    norm = float(np.linalg.norm(vector)) if numbers else 0.0
-    if not numbers or not np.isfinite(norm) or norm == 0.0:
+    try:
+        vector = np.asarray(value if numbers else [], dtype=np.float64)
+    except OverflowError:  # an integer beyond the range of a float
+        vector = np.asarray([], dtype=np.float64)
+    # Scaled by its largest magnitude first, a vector of huge but finite
+    # numbers has a norm that does not overflow.
+    peak = float(np.abs(vector).max(initial=0.0))
+    if not np.isfinite(peak) or peak == 0.0:
         raise InvalidParameter(
             f"{name} must be a non-zero array of numbers, as /v1/faces/embed returns."
         )
-    return (vector / norm).astype(np.float32)
+    scaled = vector / peak
+    return (scaled / np.linalg.norm(scaled)).astype(np.float32)
 
 
 def decode_base64(encoded: str, name: str = "image") -> bytes:
@@ -259,7 +268,7 @@ def float_option(
     if isinstance(raw, int | float | str) and not isinstance(raw, bool):
         try:
             value = float(raw)
-        except ValueError:
+        except (ValueError, OverflowError):
             value = None
     if value is None or not low <= value <= high:
         raise InvalidParameter(

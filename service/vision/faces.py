@@ -162,7 +162,11 @@ class FaceAnalyzer:
         scale = min(1.0, DETECTION_MAX_SIDE / max(image.size))
         work = image
         if scale < 1.0:
-            size = (round(image.width * scale), round(image.height * scale))
+            # A side may not shrink to nothing: a 20000x1 strip stays 1 high.
+            size = (
+                max(1, round(image.width * scale)),
+                max(1, round(image.height * scale)),
+            )
             work = image.resize(size, Image.Resampling.BOX)
             scale = work.width / image.width
         detector = MTCNN(
