@@ -18,11 +18,15 @@ _settings = Settings.from_env()
 bind = _settings.bind
 workers = _settings.workers
 # gthread workers keep slow uploads and keep-alive connections from blocking
-# a worker; inference itself is bounded by onnxruntime's intra-op threads.
+# a worker. The app lets VISION_MAX_CONCURRENCY requests at a time into
+# inference; the spare threads answer the probes while every slot is busy
+# and turn excess requests away with 503 instead of queueing them here.
 worker_class = "gthread"
-threads = 2
+threads = _settings.max_concurrency + 2
 timeout = _settings.timeout
-graceful_timeout = 30
+# On SIGTERM a worker stops accepting and gives the requests in flight this
+# long to finish before the master kills it.
+graceful_timeout = _settings.graceful_timeout
 keepalive = 5
 # Runtime management over a socket in $HOME is not used; without this,
 # gunicorn would create ~/.gunicorn/ for it in every container.

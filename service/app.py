@@ -12,9 +12,11 @@ import logging
 from flask import Flask
 
 from service.api import classify, faces, health, models
+from service.api.admission import ConcurrencyLimit, limit_concurrency
 from service.api.context import EXTENSION_KEY, ServiceState
 from service.errors import register_error_handlers
 from service.registry import ModelRegistry
+from service.security import protect
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions[EXTENSION_KEY] = ServiceState(settings, registry)
 
     register_error_handlers(app)
+    # First of the request hooks: a caller without a valid key is turned
+    # away before any other hook runs for it.
+    protect(app, settings)
     for blueprint in (
         health.blueprint,
         models.blueprint,
@@ -40,6 +45,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         faces.blueprint,
     ):
         app.register_blueprint(blueprint)
+    limit = ConcurrencyLimit(settings.max_concurrency, settings.queue_timeout)
+    limit_concurrency(app, limit, {classify.blueprint.name, faces.blueprint.name})
 
     registry.start_warm_up()
     return app

@@ -86,9 +86,19 @@ class UnsupportedMediaType(ProblemError):
     slug = "unsupported-media-type"
 
 
+class Unauthorized(ProblemError):
+    status = HTTPStatus.UNAUTHORIZED
+    slug = "unauthorized"
+
+
 class NotReady(ProblemError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     slug = "not-ready"
+
+
+class Overloaded(ProblemError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    slug = "overloaded"
 
 
 # Werkzeug raises these itself; each gets a slug and a detail that names

@@ -49,6 +49,7 @@ CONTRACT_ROUTES = {
 }
 FACE_ROUTES = ["/v1/faces/detect", "/v1/faces/embed", "/v1/faces/verify"]
 CONTRACT_PROBLEMS = {
+    "unauthorized": 401,
     "not-found": 404,
     "method-not-allowed": 405,
     "body-too-large": 413,
@@ -65,6 +66,7 @@ CONTRACT_PROBLEMS = {
     "bad-request": 400,
     "no-face": 422,
     "not-ready": 503,
+    "overloaded": 503,
     "internal-error": 500,
 }
 # Where a problem of each status is checked against the documented schema;
@@ -72,6 +74,10 @@ CONTRACT_PROBLEMS = {
 PROBLEM_ROUTES = {
     422: ("/v1/faces/detect", "post"),
     503: ("/readyz", "get"),
+}
+# Problems checked on a route of their own, whatever their status.
+PROBLEM_SLUG_ROUTES = {
+    "overloaded": ("/v1/classify", "post"),
 }
 GUNICORN_COMMAND = ["gunicorn", "-c", "gunicorn.conf.py", "service:create_app()"]
 
@@ -394,8 +400,9 @@ def test_face_routes_document_their_error_statuses(
     unavailable = resolve(openapi, responses["503"])
 
     assert {"400", "413", "415", "422", "503"} <= set(responses)
-    # Missing face models stay missing: retrying cannot help.
-    assert "Retry-After" not in unavailable.get("headers", {})
+    # Missing face models stay missing: retrying cannot help, so only an
+    # overloaded worker sends Retry-After.
+    assert unavailable["headers"]["Retry-After"]["required"] is False
 
 
 def test_every_error_is_a_problem_json_body(openapi: dict[str, Any]) -> None:
@@ -428,6 +435,7 @@ def test_contract_headers_are_documented(openapi: dict[str, Any]) -> None:
     readyz = openapi["paths"]["/readyz"]["get"]["responses"]
 
     assert "Allow" in resolve(openapi, classify["405"])["headers"]
+    assert "Retry-After" in resolve(openapi, classify["503"])["headers"]
     assert "Retry-After" in resolve(openapi, readyz["503"])["headers"]
 
 
@@ -439,7 +447,9 @@ def test_every_contract_problem_type_is_documented(openapi: dict[str, Any]) -> N
 def test_contract_problems_match_the_documented_error_schema(
     openapi: dict[str, Any], slug: str, status: int
 ) -> None:
-    path, method = PROBLEM_ROUTES.get(status, ("/v1/classify", "post"))
+    path, method = PROBLEM_SLUG_ROUTES.get(
+        slug, PROBLEM_ROUTES.get(status, ("/v1/classify", "post"))
+    )
     response = openapi["paths"][path][method]["responses"][str(status)]
     content = resolve(openapi, response)["content"][PROBLEM_MEDIA_TYPE]
     schema_pointer = content["schema"]["$ref"]
