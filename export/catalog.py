@@ -397,8 +397,7 @@ MTCNN_STAGES = (
         # An odd, non-square size proves the symbolic height and width.
         (131, 97),
         example_sizes={2: 64, 3: 80},
-        # P-Net's 12x12 window is the smallest input it can answer.
-        min_sizes={2: 12, 3: 12},
+        min_sizes={2: mtcnn.PNET_MIN_INPUT_SIZE, 3: mtcnn.PNET_MIN_INPUT_SIZE},
     ),
     _mtcnn_recipe(
         "rnet",

@@ -266,7 +266,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
 DESCRIPTIONS = {
     "models_dir": "folder with manifest.json and the ONNX files",
     "bind": "address gunicorn listens on, HOST:PORT or unix:PATH",
-    "timeout": "seconds a worker process may stay unresponsive before gunicorn restarts it",
+    "timeout": "seconds a worker may stay unresponsive before gunicorn restarts it",
     "graceful_timeout": "seconds a stopping worker gives requests in flight to finish",
     "max_concurrency": "requests one worker serves at once on the /v1 inference routes",
     "queue_timeout": "seconds a request waits for a free slot before it gets 503",

@@ -59,7 +59,6 @@ RNET_INPUT_SIZE = 24
 ONET_INPUT_SIZE = 48
 # P-Net's receptive field: smaller inputs give an empty output map.
 PNET_MIN_INPUT_SIZE = 12
-PNET_MAX_INPUT_SIZE = 16384
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = {

@@ -141,17 +141,6 @@ class FaceAnalyzer:
             )
         return dims
 
-    @property
-    def models(self) -> list[Model]:
-        return [
-            self.pnet,
-            self.rnet,
-            self.onet,
-            self.embedder.model,
-            self.age.model,
-            self.gender.model,
-        ]
-
     def detect(
         self,
         image: Image.Image,
