@@ -17,11 +17,13 @@ _settings = Settings.from_env()
 
 bind = _settings.bind
 workers = _settings.workers
-# gthread workers keep slow uploads and keep-alive connections from blocking
-# a worker. The app lets VISION_MAX_CONCURRENCY requests at a time into
-# inference; the spare threads answer the probes while every slot is busy
-# and turn excess requests away with 503 instead of queueing them here.
-worker_class = "gthread"
+# gthread workers keep idle keep-alive connections from blocking a worker;
+# VisionWorker adds a deadline for receiving each request (slow clients) and
+# refuses connections once stopping. The app lets VISION_MAX_CONCURRENCY
+# requests at a time into inference; the spare threads answer the probes
+# while every slot is busy and turn excess requests away with 503 instead of
+# queueing them here.
+worker_class = "service.worker.VisionWorker"
 threads = _settings.max_concurrency + 2
 timeout = _settings.timeout
 # On SIGTERM a worker stops accepting and gives the requests in flight this

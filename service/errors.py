@@ -10,6 +10,7 @@ traceback goes to the log with the request's method and path.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from http import HTTPStatus
 from typing import ClassVar
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,24 @@ class Overloaded(ProblemError):
     slug = "overloaded"
 
 
+class RequestTimeout(ProblemError):
+    status = HTTPStatus.REQUEST_TIMEOUT
+    slug = "request-timeout"
+
+
+class ClientTooSlow(ConnectionResetError):
+    """Raised by the worker's socket when a request arrives too slowly.
+
+    It is a connection reset to gunicorn, which then closes the connection
+    without logging a traceback; inside the app, where the body is read, it
+    becomes a 408 (``RequestTimeout``) before the connection is closed.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(errno.ECONNRESET, detail)
+        self.detail = detail
+
+
 # Werkzeug raises these itself; each gets a slug and a detail that names
 # what the client did.
 _HTTP_SLUGS = {
@@ -143,6 +162,8 @@ def problem_response(
 def register_error_handlers(app: Flask) -> None:
     """Make every error of ``app`` leave as problem details."""
     app.register_error_handler(ProblemError, _handle_problem)
+    app.register_error_handler(ClientTooSlow, _handle_client_too_slow)
+    app.register_error_handler(ClientDisconnected, _handle_client_disconnected)
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(Exception, _handle_unexpected)
 
@@ -150,6 +171,19 @@ def register_error_handlers(app: Flask) -> None:
 def _handle_problem(error: ProblemError) -> Response:
     logger.debug("%s %s -> %s: %s", request.method, request.path, error.slug, error)
     return error.to_response()
+
+
+def _handle_client_too_slow(error: ClientTooSlow) -> Response:
+    # The rest of the body may never come, so the connection cannot be reused.
+    return RequestTimeout(error.detail, {"Connection": "close"}).to_response()
+
+
+def _handle_client_disconnected(error: ClientDisconnected) -> Response:
+    # Werkzeug turns every failed body read into ClientDisconnected; the
+    # worker's deadline is one of them, and keeps its own answer.
+    if isinstance(error.__context__, ClientTooSlow):
+        return _handle_client_too_slow(error.__context__)
+    return _handle_http_exception(error)
 
 
 def _handle_http_exception(error: HTTPException) -> Response:

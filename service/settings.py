@@ -49,6 +49,7 @@ class Settings:
     bind: str = "0.0.0.0:8000"
     timeout: int = 60
     graceful_timeout: int = 30
+    client_timeout: float = 20.0
     max_concurrency: int = 2
     queue_timeout: float = 0.5
     providers: str = "auto"
@@ -248,6 +249,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "bind": _bind,
     "timeout": _positive_int,
     "graceful_timeout": _positive_int,
+    "client_timeout": _seconds,
     "max_concurrency": _positive_int,
     "queue_timeout": _seconds,
     "providers": _choice(PROVIDER_CHOICES),
@@ -268,6 +270,7 @@ DESCRIPTIONS = {
     "bind": "address gunicorn listens on, HOST:PORT or unix:PATH",
     "timeout": "seconds a worker may stay unresponsive before gunicorn restarts it",
     "graceful_timeout": "seconds a stopping worker gives requests in flight to finish",
+    "client_timeout": "seconds to send a request, +1 s per 16 KiB sent; 0: no limit",
     "max_concurrency": "requests one worker serves at once on the /v1 inference routes",
     "queue_timeout": "seconds a request waits for a free slot before it gets 503",
     "providers": "onnxruntime providers: auto (CUDA when available), cpu, cuda",

@@ -52,6 +52,7 @@ CONTRACT_PROBLEMS = {
     "unauthorized": 401,
     "not-found": 404,
     "method-not-allowed": 405,
+    "request-timeout": 408,
     "body-too-large": 413,
     "image-too-large": 413,
     "unsupported-media-type": 415,
