@@ -289,6 +289,87 @@ def test_image_smaller_than_the_smallest_face_has_no_faces(detector: MTCNN) -> N
     assert detector.detect(np.zeros((15, 40, 3), dtype=np.uint8)) == []
 
 
+def portrait_with_bystander(face_scale: float, bystander_scale: float) -> np.ndarray:
+    """An 800x600 photo: the astronaut at one size, a mirrored bystander at
+    another, on a textured background (the coffee photo)."""
+    canvas = np.asarray(
+        Image.fromarray(photo("coffee")).resize((800, 600), Image.Resampling.BILINEAR)
+    ).copy()
+    subject = resized(astronaut()[:260, 100:360], face_scale)
+    bystander = resized(astronaut()[:260, 100:360][:, ::-1], bystander_scale)
+    for image, (left, top) in ((subject, (20, 20)), (bystander, (560, 330))):
+        height, width = image.shape[:2]
+        canvas[top : top + height, left : left + width] = image[
+            : 600 - top, : 800 - left
+        ]
+    return canvas
+
+
+SEARCHED_IMAGES = {
+    "astronaut": astronaut,
+    "two_astronauts": two_astronauts,
+    "three_astronauts": three_astronauts,
+    **{
+        f"portrait_{subject}_{bystander}": (
+            lambda subject=subject, bystander=bystander: portrait_with_bystander(
+                subject, bystander
+            )
+        )
+        for subject, bystander in ((2.0, 0.3), (1.2, 0.9), (0.5, 0.25), (0.3, 0.6))
+    },
+}
+
+
+def overlap(a: Face, b: Face) -> float:
+    ax1, ay1, ax2, ay2 = a.box
+    bx1, by1, bx2, by2 = b.box
+    width = max(0.0, min(ax2, bx2) - max(ax1, bx1))
+    height = max(0.0, min(ay2, by2) - max(ay1, by1))
+    intersection = width * height
+    return intersection / (a.area + b.area - intersection)
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHED_IMAGES))
+@pytest.mark.parametrize("wanted", [1, 2])
+def test_largest_first_search_finds_the_largest_faces(
+    detector: MTCNN, name: str, wanted: int
+) -> None:
+    image = Image.fromarray(SEARCHED_IMAGES[name]())
+    everything = mtcnn.largest(detector.detect(image), image.size, wanted)
+
+    early = detector.detect(image, max_faces=wanted)
+
+    assert len(early) == len(everything)
+    for found, reference in zip(early, everything, strict=True):
+        # The same face; P-Net's candidates from finer levels, which the
+        # full search also merges, may move its box by a few pixels.
+        assert overlap(found, reference) > 0.85
+        assert found.score == pytest.approx(reference.score, abs=0.05)
+
+
+def test_largest_first_search_skips_the_fine_levels(
+    onnx_nets: dict[str, Network],
+) -> None:
+    pixels = {"seen": 0}
+
+    def counting_pnet(batch: FloatArray) -> Sequence[FloatArray]:
+        pixels["seen"] += batch.shape[2] * batch.shape[3]
+        return onnx_nets["pnet"](batch)
+
+    detector = MTCNN(counting_pnet, onnx_nets["rnet"], onnx_nets["onet"])
+    image = Image.fromarray(portrait_with_bystander(2.0, 0.3))
+    detector.detect(image)
+    full = pixels["seen"]
+    pixels["seen"] = 0
+
+    faces = detector.detect(image, max_faces=1)
+
+    assert len(faces) == 1
+    # The subject's face is over 200 pixels wide; the levels that look for
+    # faces a fifth of that size or smaller hold most of the pyramid.
+    assert pixels["seen"] < 0.2 * full
+
+
 def test_finds_a_face_cut_by_the_border(detector: MTCNN) -> None:
     # The face starts near x = 180; cutting there leaves most of it.
     image = astronaut()[30:220, 190:330]

@@ -24,7 +24,7 @@ from PIL import Image
 
 from service.manifest import ModelContractError, ModelSpec
 from service.vision.chips import face_chips
-from service.vision.mtcnn import MTCNN, Face
+from service.vision.mtcnn import MTCNN, Face, largest
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -147,7 +147,11 @@ class FaceAnalyzer:
         min_face_size: float = DEFAULT_MIN_FACE_SIZE,
         max_faces: int | None = None,
     ) -> list[Face]:
-        """Faces in ``image``, largest first, in its pixel coordinates."""
+        """Faces in ``image``, largest first, in its pixel coordinates.
+
+        ``max_faces`` keeps only the largest ones, and lets the search stop
+        once it has found them (see ``MTCNN.detect``).
+        """
         scale = min(1.0, DETECTION_MAX_SIDE / max(image.size))
         work = image
         if scale < 1.0:
@@ -161,13 +165,10 @@ class FaceAnalyzer:
         detector = MTCNN(
             self.pnet, self.rnet, self.onet, min_face_size=min_face_size * scale
         )
-        faces = detector.detect(work)
+        faces = detector.detect(work, max_faces)
         if scale < 1.0:
             faces = [_rescale(face, 1.0 / scale) for face in faces]
-        # Largest by the part inside the photo: a face cut by the edge has a
-        # box reaching past it, and must not outrank the subject.
-        faces.sort(key=lambda face: _visible_area(face, image.size), reverse=True)
-        return faces[:max_faces] if max_faces else faces
+        return largest(faces, image.size, max_faces or len(faces))
 
     def embed(
         self, images: Sequence[Image.Image], faces: Sequence[Sequence[Face]]
@@ -275,13 +276,6 @@ def _margin_crops(
             image.resize((size, size), Image.Resampling.BILINEAR, box=box)
         )
     return crops
-
-
-def _visible_area(face: Face, size: tuple[int, int]) -> float:
-    x1, y1, x2, y2 = face.box
-    width = min(x2, size[0]) - max(x1, 0.0)
-    height = min(y2, size[1]) - max(y1, 0.0)
-    return max(width, 0.0) * max(height, 0.0)
 
 
 def _quantile(

@@ -51,6 +51,9 @@ PIXEL_SCALE = np.float32(0.0078125)
 # P-Net is a 12x12 window classifier applied with stride 2.
 PNET_WINDOW = 12
 PNET_STRIDE = 2
+# A final box is at most this many times P-Net's window at the level that
+# proposed it (see _could_be).
+LARGEST_BOX_PER_WINDOW = 2.0
 RNET_INPUT_SIZE = 24
 ONET_INPUT_SIZE = 48
 
@@ -114,14 +117,50 @@ class MTCNN:
         self.scale_factor = scale_factor
         self.thresholds = thresholds
 
-    def detect(self, image: Image.Image | npt.NDArray[np.uint8]) -> list[Face]:
-        """Return the faces in an RGB image, largest first."""
+    def detect(
+        self,
+        image: Image.Image | npt.NDArray[np.uint8],
+        max_faces: int | None = None,
+    ) -> list[Face]:
+        """Return the faces in an RGB image, largest first.
+
+        With ``max_faces``, only that many of the largest faces are wanted
+        (by visible area, see ``largest``),
+        and the search goes from the coarsest pyramid level (largest faces)
+        to the finest, stopping as soon as the faces already confirmed are
+        larger than any the remaining levels could yield (``_could_be``).
+        The fine levels hold most of the pixels, so for a photo of one or two
+        people this skips most of P-Net's work.
+        """
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
         if image.mode != "RGB":
             image = image.convert("RGB")
 
-        boxes = self.propose(image)
+        scales = pyramid_scales(
+            image.width, image.height, self.min_face_size, self.scale_factor
+        )
+        if max_faces is None:
+            return self._cascade(image, [self._propose_level(image, s) for s in scales])
+        per_scale: list[FloatArray] = []
+        faces: list[Face] = []
+        coarse_to_fine = scales[::-1]
+        for position, scale in enumerate(coarse_to_fine):
+            per_scale.append(self._propose_level(image, scale))
+            if position + 1 == len(coarse_to_fine):
+                break
+            if not len(per_scale[-1]):
+                continue
+            faces = largest(self._cascade(image, per_scale), image.size, max_faces)
+            if len(faces) == max_faces and visible_area(
+                faces[-1], image.size
+            ) >= _could_be(coarse_to_fine[position + 1]):
+                return faces
+        return largest(self._cascade(image, per_scale), image.size, max_faces)
+
+    def _cascade(self, image: Image.Image, per_scale: list[FloatArray]) -> list[Face]:
+        """R-Net and O-Net over the P-Net candidates of the given levels."""
+        boxes = self.propose(per_scale)
         if len(boxes):
             boxes = self.refine(image, boxes)
         if not len(boxes):
@@ -129,23 +168,22 @@ class MTCNN:
         boxes, landmarks = self.finish(image, boxes)
         return _faces(boxes, landmarks)
 
-    def propose(self, image: Image.Image) -> FloatArray:
-        """Stage 1: P-Net over the pyramid; squared [K, 5] boxes and scores."""
+    def _propose_level(self, image: Image.Image, scale: float) -> FloatArray:
+        """P-Net's candidates at one pyramid level as [K, 9] rows."""
         width, height = image.size
-        per_scale = [np.zeros((0, 9), dtype=np.float32)]
-        for scale in pyramid_scales(
-            width, height, self.min_face_size, self.scale_factor
-        ):
-            # One pixel more than the scaled size, as facenet-pytorch does.
-            level_size = (int(width * scale + 1), int(height * scale + 1))
-            regression, probability = self.pnet(pyramid_level(image, level_size))
-            candidates = window_boxes(
-                regression[0], probability[0], scale, self.thresholds[0]
-            )
-            keep = nms(candidates[:, :4], candidates[:, 4], NMS_WITHIN_SCALE)
-            per_scale.append(candidates[keep])
+        # One pixel more than the scaled size, as facenet-pytorch does.
+        level_size = (int(width * scale + 1), int(height * scale + 1))
+        regression, probability = self.pnet(pyramid_level(image, level_size))
+        candidates = window_boxes(
+            regression[0], probability[0], scale, self.thresholds[0]
+        )
+        keep = nms(candidates[:, :4], candidates[:, 4], NMS_WITHIN_SCALE)
+        return candidates[keep]
 
-        candidates = np.concatenate(per_scale)
+    def propose(self, per_scale: Sequence[FloatArray]) -> FloatArray:
+        """Stage 1 after P-Net: the levels' candidates merged; squared [K, 5]
+        boxes and scores."""
+        candidates = np.concatenate([np.zeros((0, 9), dtype=np.float32), *per_scale])
         keep = nms(candidates[:, :4], candidates[:, 4], NMS_ACROSS_SCALES)
         candidates = candidates[keep]
         # P-Net's offsets are in units of the window's side without the
@@ -300,6 +338,38 @@ def square(boxes: FloatArray) -> FloatArray:
     longer = sides.max(axis=1, keepdims=True)
     corners = boxes[:, 0:2] + sides * 0.5 - longer * 0.5
     return np.column_stack([corners, corners + longer])
+
+
+def _could_be(scale: float) -> float:
+    """The largest face area a pyramid level at ``scale`` can yield.
+
+    P-Net's window covers PNET_WINDOW / scale image pixels; the three
+    regressions move each side by a fraction of the box, and a face much
+    larger than the window is found at a coarser level instead, where its
+    box is confirmed first. Twice the window's side bounds what a level
+    adds with room to spare (``tests/test_mtcnn.py`` checks the bound).
+    """
+    side = LARGEST_BOX_PER_WINDOW * PNET_WINDOW / scale
+    return side * side
+
+
+def largest(faces: list[Face], size: tuple[int, int], count: int) -> list[Face]:
+    """The ``count`` faces with the largest visible areas, largest first.
+
+    A face cut by the image's edge has a box reaching past it, and must not
+    outrank the subject of the photo.
+    """
+    return sorted(faces, key=lambda face: visible_area(face, size), reverse=True)[
+        :count
+    ]
+
+
+def visible_area(face: Face, size: tuple[int, int]) -> float:
+    """The area of the face's box that lies inside an image of ``size``."""
+    x1, y1, x2, y2 = face.box
+    width = min(x2, size[0]) - max(x1, 0.0)
+    height = min(y2, size[1]) - max(y1, 0.0)
+    return max(width, 0.0) * max(height, 0.0)
 
 
 def _faces(boxes: FloatArray, landmarks: FloatArray) -> list[Face]:
