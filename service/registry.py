@@ -12,8 +12,9 @@ import logging
 import threading
 from typing import Any
 
+from service.batching import BatchedSession, batchable
 from service.errors import NotReady, UnknownModel
-from service.manifest import Manifest, ModelContractError, load_manifest
+from service.manifest import Manifest, ModelContractError, ModelSpec, load_manifest
 from service.runtime import choose_providers, create_session
 from service.settings import Settings
 from service.vision.classifier import Classifier
@@ -57,7 +58,7 @@ class ModelRegistry:
         providers = choose_providers(settings.providers)
         logger.info("onnxruntime providers: %s", ", ".join(providers))
         models = {
-            spec.name: Model(spec, create_session(spec, providers, settings.threads))
+            spec.name: Model(spec, _session(spec, providers, settings))
             for spec in manifest.models
         }
         classifiers = {
@@ -141,6 +142,17 @@ class ModelRegistry:
             for model in self.models.values()
             for spec in [model.spec]
         ]
+
+
+def _session(spec: ModelSpec, providers: list[str], settings: Settings) -> Any:
+    """The model's session, behind a micro-batcher when batching is on and
+    the input stacks across requests (not P-Net's, whose size varies)."""
+    session = create_session(spec, providers, settings.threads)
+    if settings.batch_window_ms and batchable(spec.inputs[0].shape):
+        return BatchedSession(
+            session, settings.batch_window_ms / 1000, settings.max_batch
+        )
+    return session
 
 
 def _face_analyzer(models: dict[str, Model]) -> FaceAnalyzer | None:

@@ -51,6 +51,8 @@ class Settings:
     graceful_timeout: int = 30
     client_timeout: float = 20.0
     max_concurrency: int = 2
+    batch_window_ms: float = 0.0
+    max_batch: int = 32
     queue_timeout: float = 0.5
     providers: str = "auto"
     workers: int = 0
@@ -114,6 +116,16 @@ def _seconds(raw: str) -> float:
         raise ValueError("expected a number of seconds") from None
     if not 0 <= value <= 3600:
         raise ValueError("must be from 0 to 3600 seconds")
+    return value
+
+
+def _milliseconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of milliseconds") from None
+    if not 0 <= value <= 1000:
+        raise ValueError("must be from 0 to 1000 milliseconds")
     return value
 
 
@@ -251,6 +263,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "graceful_timeout": _positive_int,
     "client_timeout": _seconds,
     "max_concurrency": _positive_int,
+    "batch_window_ms": _milliseconds,
+    "max_batch": _positive_int,
     "queue_timeout": _seconds,
     "providers": _choice(PROVIDER_CHOICES),
     "workers": _positive_int,
@@ -272,6 +286,8 @@ DESCRIPTIONS = {
     "graceful_timeout": "seconds a stopping worker gives requests in flight to finish",
     "client_timeout": "seconds to send a request, +1 s per 16 KiB sent; 0: no limit",
     "max_concurrency": "requests one worker serves at once on the /v1 inference routes",
+    "batch_window_ms": "ms a network waits to batch concurrent requests; 0: off",
+    "max_batch": "most images in one micro-batch",
     "queue_timeout": "seconds a request waits for a free slot before it gets 503",
     "providers": "onnxruntime providers: auto (CUDA when available), cpu, cuda",
     "workers": "gunicorn worker processes (default: the CPU cores)",
