@@ -19,12 +19,15 @@ bind = _settings.bind
 workers = _settings.workers
 # gthread workers keep idle keep-alive connections from blocking a worker;
 # VisionWorker adds a deadline for receiving each request (slow clients) and
-# refuses connections once stopping. The app lets VISION_MAX_CONCURRENCY
-# requests at a time into inference; the spare threads answer the probes
-# while every slot is busy and turn excess requests away with 503 instead of
-# queueing them here.
+# refuses connections once stopping.
 worker_class = "service.worker.VisionWorker"
-threads = _settings.max_concurrency + 2
+# A thread per connection being served, most of them waiting on the network:
+# a request's upload, a probe, a client reading its answer. Only
+# VISION_MAX_CONCURRENCY of them run inference at once (the app admits no
+# more and turns the excess away with 503), so the CPU is not oversubscribed
+# however many there are; the rest keep the probes answered while slow
+# clients upload, until VISION_CLIENT_TIMEOUT cuts the slowest off.
+threads = _settings.max_concurrency + 16
 timeout = _settings.timeout
 # On SIGTERM a worker stops accepting and gives the requests in flight this
 # long to finish before the master kills it.
