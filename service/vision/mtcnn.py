@@ -140,8 +140,11 @@ class MTCNN:
         scales = pyramid_scales(
             image.width, image.height, self.min_face_size, self.scale_factor
         )
+        rnet = CropNetwork(self.rnet, RNET_INPUT_SIZE, image)
+        onet = CropNetwork(self.onet, ONET_INPUT_SIZE, image)
         if max_faces is None:
-            return self._cascade(image, [self._propose_level(image, s) for s in scales])
+            proposals = [self._propose_level(image, scale) for scale in scales]
+            return self._cascade(proposals, rnet, onet)
         per_scale: list[FloatArray] = []
         faces: list[Face] = []
         coarse_to_fine = scales[::-1]
@@ -149,23 +152,38 @@ class MTCNN:
             per_scale.append(self._propose_level(image, scale))
             if position + 1 == len(coarse_to_fine):
                 break
-            if not len(per_scale[-1]):
+            bound = _could_be(coarse_to_fine[position + 1])
+            if not self._may_stop(per_scale, max_faces, bound):
                 continue
-            faces = largest(self._cascade(image, per_scale), image.size, max_faces)
-            if len(faces) == max_faces and visible_area(
-                faces[-1], image.size
-            ) >= _could_be(coarse_to_fine[position + 1]):
+            faces = largest(self._cascade(per_scale, rnet, onet), image.size, max_faces)
+            if len(faces) == max_faces and visible_area(faces[-1], image.size) >= bound:
                 return faces
-        return largest(self._cascade(image, per_scale), image.size, max_faces)
+        return largest(self._cascade(per_scale, rnet, onet), image.size, max_faces)
 
-    def _cascade(self, image: Image.Image, per_scale: list[FloatArray]) -> list[Face]:
+    @staticmethod
+    def _may_stop(per_scale: list[FloatArray], wanted: int, bound: float) -> bool:
+        """Whether enough P-Net windows are big enough to become ``wanted``
+        faces of at least ``bound`` area; if not, the later networks need not
+        run yet. Regression moves no side by more than the window's own
+        length, hence the factor 4 on the area; erring large only delays
+        the stop."""
+        if not per_scale[-1].size:
+            return False
+        candidates = np.concatenate(per_scale)
+        sides = candidates[:, 2:4] - candidates[:, 0:2]
+        areas = sides.max(axis=1) ** 2 * 4
+        return int((areas >= bound).sum()) >= wanted
+
+    def _cascade(
+        self, per_scale: list[FloatArray], rnet: CropNetwork, onet: CropNetwork
+    ) -> list[Face]:
         """R-Net and O-Net over the P-Net candidates of the given levels."""
         boxes = self.propose(per_scale)
         if len(boxes):
-            boxes = self.refine(image, boxes)
+            boxes = self.refine(boxes, rnet)
         if not len(boxes):
             return []
-        boxes, landmarks = self.finish(image, boxes)
+        boxes, landmarks = self.finish(boxes, onet)
         return _faces(boxes, landmarks)
 
     def _propose_level(self, image: Image.Image, scale: float) -> FloatArray:
@@ -192,10 +210,9 @@ class MTCNN:
         corners = candidates[:, :4] + candidates[:, 5:9] * np.tile(sides, 2)
         return np.column_stack([square(corners), candidates[:, 4]])
 
-    def refine(self, image: Image.Image, boxes: FloatArray) -> FloatArray:
+    def refine(self, boxes: FloatArray, rnet: CropNetwork) -> FloatArray:
         """Stage 2: R-Net rescoring and box regression; squared boxes."""
-        crops = crop_batch(image, boxes, RNET_INPUT_SIZE)
-        regression, probability = self.rnet(crops)
+        regression, probability = rnet(boxes)
         passed = probability > self.thresholds[1]
         boxes = np.column_stack([boxes[passed, :4], probability[passed]])
         regression = regression[passed]
@@ -205,11 +222,10 @@ class MTCNN:
         return np.column_stack([square(corners), boxes[keep, 4]])
 
     def finish(
-        self, image: Image.Image, boxes: FloatArray
+        self, boxes: FloatArray, onet: CropNetwork
     ) -> tuple[FloatArray, FloatArray]:
         """Stage 3: O-Net scores, boxes and [K, 5, 2] landmarks."""
-        crops = crop_batch(image, boxes, ONET_INPUT_SIZE)
-        regression, landmarks, probability = self.onet(crops)
+        regression, landmarks, probability = onet(boxes)
         passed = probability > self.thresholds[2]
         boxes = np.column_stack([boxes[passed, :4], probability[passed]])
         regression = regression[passed]
@@ -223,6 +239,31 @@ class MTCNN:
         corners = regress(boxes[:, :4], regression)
         keep = nms(corners, boxes[:, 4], NMS_AFTER_ONET, mode="min")
         return np.column_stack([corners[keep], boxes[keep, 4]]), points[keep]
+
+
+class CropNetwork:
+    """R-Net or O-Net on crops of boxes, each box cropped and run only once.
+
+    The largest-first search reruns the later stages as levels are added;
+    most boxes are the same each time, so their outputs are kept by the
+    box's exact coordinates for the one image being searched.
+    """
+
+    def __init__(self, network: Network, size: int, image: Image.Image) -> None:
+        self.network = network
+        self.size = size
+        self.image = image
+        self.known: dict[bytes, list[FloatArray]] = {}
+
+    def __call__(self, boxes: FloatArray) -> list[FloatArray]:
+        keys = [row.tobytes() for row in np.ascontiguousarray(boxes[:, :4])]
+        new = [index for index, key in enumerate(keys) if key not in self.known]
+        if new:
+            outputs = self.network(crop_batch(self.image, boxes[new], self.size))
+            for row, index in enumerate(new):
+                self.known[keys[index]] = [output[row] for output in outputs]
+        rows = [self.known[key] for key in keys]
+        return [np.stack(column) for column in zip(*rows, strict=True)]
 
 
 def pyramid_scales(
