@@ -12,9 +12,17 @@ Start the service (``make serve``, or
         --url http://127.0.0.1:8000 \\
         --baseline /tmp/face_recognition_baseline.json --json /tmp/faces_eval.json
 
+``--baseline`` reads a report of ``bench/face_recognition_baseline.py``.
+With ``--run-baseline`` this script runs that one first, in its own
+virtualenv (``.venv-baseline``, see its docstring), on the same photos,
+and writes its report to ``--baseline`` if given: one command then gives
+both systems' accuracy and per-image detect, embed and verify times side
+by side. The baseline runs before the service is measured, not beside it.
+
 The eval folder holds ``faces/NAME/``, ``faces-misc/``, ``utkface/`` and
 ``fairface/``; the photos are read in place and nothing is written next to
-them. Only the standard library, numpy and Pillow are used.
+them. HTTP goes through ``service.client`` over one kept-alive connection,
+with the key of ``$VISION_API_KEY`` if set; numpy and Pillow do the rest.
 
 Verification. The images, identities, duplicate removal and pairs are the
 baseline's: ``faces/NAME/`` is identity NAME; in ``faces-misc/``
@@ -54,9 +62,10 @@ centre is reported too: a face was found there, but maybe not that one.
 Timing. As the baseline: the verification images, decoded once and resized
 so that the longest side is exactly 800 px (Lanczos), here encoded once as
 JPEG quality 95; one untimed warm-up pass, then three timed passes from one
-sequential client, each request's median over the passes, and the median
-over requests. "detect" is ``POST /v1/faces/detect`` of each image, "embed"
-``POST /v1/faces/embed`` of each image with a face, "verify" is
+sequential client on one kept-alive connection, each request's median over
+the passes, and the median over requests. "detect" is
+``POST /v1/faces/detect`` of each image, "embed" ``POST /v1/faces/embed``
+of each image with a face, "verify" is
 ``POST /v1/faces/verify`` with both images of each pair, divided by two.
 Unlike the baseline's in-process times these include HTTP and the
 service's JPEG decoding, and "embed" includes detection, which the
@@ -68,6 +77,7 @@ other, as the baseline times a detection that finds nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import itertools
@@ -76,12 +86,11 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -91,6 +100,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from service.client import Call, ProblemError, VisionClient, verify_call
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 CALIBRATION_THRESHOLDS = [round(0.8 + 0.05 * step, 2) for step in range(13)]
@@ -121,6 +132,10 @@ TIMING_LONGEST_SIDE = 800
 TIMING_JPEG_QUALITY = 95
 TIMING_PASSES = 3
 REQUEST_TIMEOUT_S = 120
+# The client side of VISION_API_KEYS, for a service that requires a key.
+API_KEY = os.environ.get("VISION_API_KEY")
+BASELINE_SCRIPT = Path(__file__).with_name("face_recognition_baseline.py")
+BASELINE_PYTHON = ".venv-baseline/bin/python"
 
 
 class ServiceError(Exception):
@@ -128,6 +143,12 @@ class ServiceError(Exception):
 
 
 # HTTP
+
+
+@functools.cache
+def client(url: str) -> VisionClient:
+    """The one kept-alive connection to ``url``; this script is sequential."""
+    return VisionClient(url, api_key=API_KEY, timeout=REQUEST_TIMEOUT_S)
 
 
 def post(
@@ -138,44 +159,21 @@ def post(
     query: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The service's JSON answer, or None when it found no face (422)."""
-    target = f"{url}{path}"
-    if query:
-        target += "?" + urllib.parse.urlencode(query)
-    request = urllib.request.Request(
-        target, data=body, headers={"Content-Type": content_type}, method="POST"
-    )
+    target = f"{path}?{urllib.parse.urlencode(query)}" if query else path
     try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-            answer: dict[str, Any] = json.load(response)
-    except urllib.error.HTTPError as error:
-        if error.code == 422:
+        answer: dict[str, Any] = client(url).call(
+            Call("POST", target, body, content_type)
+        )
+    except ProblemError as error:
+        if error.status == 422:
             return None
-        detail = error.read().decode("utf-8", "replace")
-        raise ServiceError(f"POST {path}: {error.code} {detail}") from None
+        raise ServiceError(f"POST {path}: {error}") from None
     return answer
 
 
 def get(url: str, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}{path}", timeout=REQUEST_TIMEOUT_S) as response:
-        answer: dict[str, Any] = json.load(response)
+    answer: dict[str, Any] = client(url).call(Call("GET", path))
     return answer
-
-
-def multipart(files: dict[str, tuple[bytes, str]]) -> tuple[bytes, str]:
-    """A form body with one file part per field, and its content type."""
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for field, (data, content_type) in files.items():
-        body.write(
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="{field}"; '
-            f'filename="{field}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n".encode()
-        )
-        body.write(data)
-        body.write(b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
 def media_type(path: Path) -> str:
@@ -613,10 +611,9 @@ def median_of_passes(label: str, actions: Sequence[Callable[[], object]]) -> flo
 
 
 def verify_images(url: str, first: bytes, second: bytes) -> None:
-    body, content_type = multipart(
-        {"image1": (first, "image/jpeg"), "image2": (second, "image/jpeg")}
-    )
-    post(url, "/v1/faces/verify", body, content_type)
+    call = verify_call(first, second)
+    assert call.body is not None and call.content_type is not None
+    post(url, "/v1/faces/verify", call.body, call.content_type)
 
 
 def measure_timing(url: str, images: list[LabelledImage]) -> dict[str, Any]:
@@ -951,13 +948,52 @@ def print_report(report: dict[str, Any], baseline: dict[str, Any] | None) -> Non
             print(f"WARNING: verification set differs from baseline in {differs}")
 
 
+def run_baseline(options: argparse.Namespace) -> dict[str, Any]:
+    """Run face_recognition_baseline.py in its virtualenv on the same photos,
+    before the service is measured, so the two never share the CPUs."""
+    python = Path(options.run_baseline)
+    if not python.exists():
+        raise SystemExit(
+            f"{python} does not exist: create the baseline's virtualenv as "
+            f"{BASELINE_SCRIPT.name}'s docstring shows, or name its python"
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        output = options.baseline or Path(folder) / "face_recognition_baseline.json"
+        command = [
+            str(python),
+            str(BASELINE_SCRIPT),
+            str(options.eval_dir),
+            "--json",
+            str(output),
+        ]
+        if options.keep_duplicates:
+            command.append("--keep-duplicates")
+        print("baseline: " + " ".join(command), file=sys.stderr, flush=True)
+        finished = subprocess.run(command, check=False)
+        if finished.returncode != 0:
+            raise SystemExit(f"the baseline run failed ({finished.returncode})")
+        report: dict[str, Any] = json.loads(Path(output).read_text())
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("eval_dir", type=Path, help="folder with faces/ etc.")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument(
-        "--baseline", type=Path, help="face_recognition_baseline.py --json report"
+        "--baseline",
+        type=Path,
+        help="face_recognition_baseline.py --json report; with --run-baseline, "
+        "where that run's report is written",
+    )
+    parser.add_argument(
+        "--run-baseline",
+        nargs="?",
+        const=BASELINE_PYTHON,
+        metavar="PYTHON",
+        help="first run the baseline script with PYTHON, the interpreter of its "
+        f"own virtualenv (default {BASELINE_PYTHON}), on the same photos",
     )
     parser.add_argument(
         "--keep-duplicates",
@@ -966,9 +1002,14 @@ def main() -> None:
     )
     options = parser.parse_args()
     url = options.url.rstrip("/")
-    baseline = json.loads(options.baseline.read_text()) if options.baseline else None
 
     started = time.perf_counter()
+    if options.run_baseline:
+        baseline = run_baseline(options)
+    elif options.baseline:
+        baseline = json.loads(options.baseline.read_text())
+    else:
+        baseline = None
     images, skipped = collect_identity_images(options.eval_dir, options.keep_duplicates)
     try:
         report: dict[str, Any] = {"environment": describe_environment(url)}
@@ -977,7 +1018,7 @@ def main() -> None:
         report["age_gender"] = evaluate_age_gender(url, options.eval_dir / "utkface")
         report["detection"] = evaluate_detection(url, options.eval_dir / "fairface")
         report["timing"] = measure_timing(url, images)
-    except (urllib.error.URLError, ServiceError) as error:
+    except (OSError, ServiceError) as error:
         raise SystemExit(f"{url}: {error}") from None
     if baseline:
         report["baseline"] = compare_with_baseline(report, baseline)

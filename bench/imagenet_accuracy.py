@@ -14,31 +14,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import mimetypes
+import os
 import sys
+import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from service.client import Classification, ProblemError, VisionClient
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+# The client side of VISION_API_KEYS, for a service that requires a key.
+API_KEY = os.environ.get("VISION_API_KEY")
+# One kept-alive client per pool thread: a client is not thread-safe.
+_local = threading.local()
 
 
-def classify(url: str, path: Path, model: str) -> dict[str, Any]:
-    query = urllib.parse.urlencode({"model": model, "top_k": 5})
-    content_type = mimetypes.guess_type(path.name)[0] or "image/jpeg"
-    request = urllib.request.Request(
-        f"{url}/v1/classify?{query}",
-        data=path.read_bytes(),
-        headers={"Content-Type": content_type},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        result: dict[str, Any] = json.load(response)
-    return result
+def classify(url: str, path: Path, model: str) -> Classification:
+    client: VisionClient | None = getattr(_local, "client", None)
+    if client is None or client.url != url.rstrip("/"):
+        client = _local.client = VisionClient(url, api_key=API_KEY, timeout=60)
+    return client.classify(path, top_k=5, model=model)
 
 
 def evaluate(url: str, folder: Path, model: str, concurrency: int) -> dict[str, Any]:
@@ -83,7 +80,7 @@ def main() -> None:
             rows.append(
                 evaluate(options.url, options.folder, model, options.concurrency)
             )
-        except urllib.error.URLError as error:
+        except (OSError, ProblemError) as error:
             raise SystemExit(f"{options.url}: {error}") from None
     if options.json:
         json.dump(rows, sys.stdout, indent=2)

@@ -11,6 +11,7 @@ import logging
 
 from flask import Flask
 
+from service import timing
 from service.api import classify, faces, health, models
 from service.api.admission import ConcurrencyLimit, limit_concurrency
 from service.api.context import EXTENSION_KEY, ServiceState
@@ -45,8 +46,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         faces.blueprint,
     ):
         app.register_blueprint(blueprint)
+    inference = {classify.blueprint.name, faces.blueprint.name}
+    # Server-Timing: the clock starts after the key check and before the
+    # wait for an inference slot, which becomes the "queue" stage.
+    timing.time_requests(app, inference)
     limit = ConcurrencyLimit(settings.max_concurrency, settings.queue_timeout)
-    limit_concurrency(app, limit, {classify.blueprint.name, faces.blueprint.name})
+    limit_concurrency(app, limit, inference)
+    timing.time_queue(app)
 
     registry.start_warm_up()
     return app

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, request
+import numpy.typing as npt
+from flask import Blueprint, Response, request
 from PIL import Image
 
 from service.api.context import state
@@ -26,7 +27,20 @@ from service.api.inputs import (
 from service.errors import InvalidParameter, NoFace
 from service.imaging import decode_image
 from service.manifest import ModelSpec
-from service.vision.faces import DEFAULT_MIN_FACE_SIZE, FaceAnalyzer
+from service.timing import (
+    DECODE,
+    INFERENCE,
+    POSTPROCESS,
+    RECEIVE,
+    json_response,
+    stage,
+)
+from service.vision.faces import (
+    DEFAULT_MIN_FACE_SIZE,
+    AgeEstimate,
+    FaceAnalyzer,
+    GenderEstimate,
+)
 from service.vision.mtcnn import LANDMARK_NAMES, Face
 
 blueprint = Blueprint("faces", __name__)
@@ -42,16 +56,29 @@ DEFAULT_THRESHOLD = 1.05
 
 
 @blueprint.post("/v1/faces/detect")
-def detect() -> dict[str, Any]:
+def detect() -> Response:
     face_request = read_face_request()
     attributes = _attributes(face_request.options)
     analyzer, images, faces = find_faces(face_request)
 
+    with stage(INFERENCE):
+        ages = analyzer.estimate_age(images, faces) if "age" in attributes else None
+        genders = (
+            analyzer.estimate_gender(images, faces) if "gender" in attributes else None
+        )
+    with stage(POSTPROCESS):
+        body = _detection_body(analyzer, images, faces, ages, genders)
+    return json_response(body)
+
+
+def _detection_body(
+    analyzer: FaceAnalyzer,
+    images: list[Image.Image],
+    faces: list[list[Face]],
+    ages: list[list[AgeEstimate]] | None,
+    genders: list[list[GenderEstimate]] | None,
+) -> dict[str, Any]:
     results = []
-    ages = analyzer.estimate_age(images, faces) if "age" in attributes else None
-    genders = (
-        analyzer.estimate_gender(images, faces) if "gender" in attributes else None
-    )
     for number, (image, image_faces) in enumerate(zip(images, faces, strict=True)):
         described = []
         for index, face in enumerate(image_faces):
@@ -82,27 +109,34 @@ def detect() -> dict[str, Any]:
 
 
 @blueprint.post("/v1/faces/embed")
-def embed() -> dict[str, Any]:
+def embed() -> Response:
     analyzer, images, faces = find_faces(read_face_request())
-    embeddings = analyzer.embed(images, faces)
+    with stage(INFERENCE):
+        embeddings = analyzer.embed(images, faces)
 
-    results = []
-    for image, image_faces, vectors in zip(images, faces, embeddings, strict=True):
-        described = []
-        for face, vector in zip(image_faces, vectors, strict=True):
-            entry = describe_face(face)
-            entry["embedding"] = [round(float(v), 6) for v in vector]
-            described.append(entry)
-        results.append(
-            {"width": image.width, "height": image.height, "faces": described}
-        )
-    return {"model": _model_name(analyzer.embedder.model.spec), "results": results}
+    with stage(POSTPROCESS):
+        results = []
+        for image, image_faces, vectors in zip(images, faces, embeddings, strict=True):
+            described = []
+            for face, vector in zip(image_faces, vectors, strict=True):
+                entry = describe_face(face)
+                entry["embedding"] = [round(float(v), 6) for v in vector]
+                described.append(entry)
+            results.append(
+                {"width": image.width, "height": image.height, "faces": described}
+            )
+        body = {
+            "model": _model_name(analyzer.embedder.model.spec),
+            "results": results,
+        }
+    return json_response(body)
 
 
 @blueprint.post("/v1/faces/verify")
-def verify() -> dict[str, Any]:
+def verify() -> Response:
     settings = state().settings
-    pair = read_pair_request(request)
+    with stage(RECEIVE):
+        pair = read_pair_request(request)
     options = pair.options
     threshold = float_option(options, "threshold", DEFAULT_THRESHOLD, 0.0, 4.0)
     min_face_size = int_option(
@@ -121,40 +155,53 @@ def verify() -> dict[str, Any]:
                 f"{analyzer.embedder.model.spec.name} embeddings have {dimensions}."
             )
 
-    vectors = []
-    compared: list[dict[str, Any]] = []
+    vectors: dict[str, npt.NDArray[np.float32]] = {}
+    compared: dict[str, dict[str, Any]] = {}
+    images, faces, sides = [], [], []
     for side, face_index in face_indices.items():
         if side in pair.embeddings:
-            vectors.append(pair.embeddings[side])
-            compared.append({"source": f"embedding{side}"})
+            vectors[side] = pair.embeddings[side]
+            compared[side] = {"source": f"embedding{side}"}
             continue
         label = f"image{side}"
-        image = decode_image(
-            pair.images[side], max_pixels=settings.max_pixels, label=label
-        )
-        faces = analyzer.detect(image, min_face_size)
-        if not faces:
-            raise NoFace(_no_face_detail(label, min_face_size))
-        if face_index >= len(faces):
-            raise InvalidParameter(
-                f"face{side} is {face_index} but {label} has {len(faces)} "
-                f"face{'s' if len(faces) != 1 else ''}."
+        with stage(DECODE):
+            image = decode_image(
+                pair.images[side], max_pixels=settings.max_pixels, label=label
             )
-        face = faces[face_index]
-        vectors.append(analyzer.embed([image], [[face]])[0][0])
-        compared.append(
-            {"source": label, "face": face_index, "box": describe_box(face)}
-        )
+        # Only the faces up to the one compared are needed, which lets the
+        # detector skip the search for smaller ones.
+        with stage(INFERENCE):
+            found = analyzer.detect(image, min_face_size, max_faces=face_index + 1)
+        if not found:
+            raise NoFace(_no_face_detail(label, min_face_size))
+        if face_index >= len(found):
+            raise InvalidParameter(
+                f"face{side} is {face_index} but {label} has {len(found)} "
+                f"face{'s' if len(found) != 1 else ''}."
+            )
+        face = found[face_index]
+        images.append(image)
+        faces.append([face])
+        sides.append(side)
+        box = describe_box(face)
+        compared[side] = {"source": label, "face": face_index, "box": box}
+    # Both faces go through the embedder in one batch.
+    with stage(INFERENCE):
+        embeddings = analyzer.embed(images, faces)
+    for side, embedding in zip(sides, embeddings, strict=True):
+        vectors[side] = embedding[0]
 
-    distance = float(np.linalg.norm(vectors[0] - vectors[1]))
-    return {
-        "model": _model_name(analyzer.embedder.model.spec),
-        "distance": round(distance, 6),
-        "similarity": round(1.0 - distance**2 / 2.0, 6),
-        "threshold": threshold,
-        "verified": distance <= threshold,
-        "faces": compared,
-    }
+    with stage(POSTPROCESS):
+        distance = float(np.linalg.norm(vectors["1"] - vectors["2"]))
+        body = {
+            "model": _model_name(analyzer.embedder.model.spec),
+            "distance": round(distance, 6),
+            "similarity": round(1.0 - distance**2 / 2.0, 6),
+            "threshold": threshold,
+            "verified": distance <= threshold,
+            "faces": [compared["1"], compared["2"]],
+        }
+    return json_response(body)
 
 
 @dataclass
@@ -174,7 +221,8 @@ def read_face_request() -> FaceRequest:
     Nothing is decoded or searched yet, so a route can check its own
     options too before the slow part starts.
     """
-    parsed = read_image_request(request, state().settings.max_images)
+    with stage(RECEIVE):
+        parsed = read_image_request(request, state().settings.max_images)
     options = parsed.options
     min_face_size = int_option(
         options, "min_face_size", DEFAULT_MIN_FACE_SIZE, *MIN_FACE_SIZE_LIMITS
@@ -189,14 +237,20 @@ def find_faces(
     """Decode every image and detect its faces; one without any is a 422."""
     analyzer = state().registry.face_analyzer()
     max_pixels = state().settings.max_pixels
-    images = [
-        decode_image(data, max_pixels=max_pixels, label=label)
-        for data, label in zip(face_request.images, face_request.labels, strict=True)
-    ]
-    faces = [
-        analyzer.detect(image, face_request.min_face_size, face_request.max_faces)
-        for image in images
-    ]
+    with stage(DECODE):
+        images = [
+            decode_image(data, max_pixels=max_pixels, label=label)
+            for data, label in zip(
+                face_request.images, face_request.labels, strict=True
+            )
+        ]
+    # The MTCNN cascade's pyramid, crops and box merging count as inference
+    # unless service.vision marks them as stages of their own.
+    with stage(INFERENCE):
+        faces = [
+            analyzer.detect(image, face_request.min_face_size, face_request.max_faces)
+            for image in images
+        ]
     for label, image_faces in zip(face_request.labels, faces, strict=True):
         if not image_faces:
             raise NoFace(_no_face_detail(label, face_request.min_face_size))
