@@ -16,6 +16,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from service.manifest import ModelContractError, ModelSpec
+from service.timing import POSTPROCESS, PREPROCESS, stage
 
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -87,11 +88,13 @@ class Classifier:
         self, images: Sequence[Image.Image], top_k: int
     ) -> list[list[Prediction]]:
         """Return the ``top_k`` classes of each image, most probable first."""
-        batch = np.empty((len(images), 3, self.crop, self.crop), dtype=np.float32)
-        for image, slot in zip(images, batch, strict=True):
-            self.preprocess_into(image, slot)
+        with stage(PREPROCESS):
+            batch = np.empty((len(images), 3, self.crop, self.crop), np.float32)
+            for image, slot in zip(images, batch, strict=True):
+                self.preprocess_into(image, slot)
         logits = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return [self._top_k(row, top_k) for row in softmax(logits)]
+        with stage(POSTPROCESS):
+            return [self._top_k(row, top_k) for row in softmax(logits)]
 
     def warm_up(self) -> None:
         """Run one batch so first requests do not pay for lazy allocations."""

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from service.manifest import ModelContractError, ModelSpec
+from service.timing import PREPROCESS, stage
 from service.vision.chips import face_chips
 from service.vision.mtcnn import MTCNN, Face, largest
 
@@ -97,7 +98,9 @@ class ChipNetwork:
         return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
 
     def run(self, chips: npt.NDArray[np.uint8]) -> list[FloatArray]:
-        return self.model(self.normalise(chips))
+        with stage(PREPROCESS):
+            batch = self.normalise(chips)
+        return self.model(batch)
 
     def warm_up(self) -> None:
         self.run(np.zeros((1, self.size, self.size, 3), dtype=np.uint8))
@@ -160,7 +163,8 @@ class FaceAnalyzer:
                 max(1, round(image.width * scale)),
                 max(1, round(image.height * scale)),
             )
-            work = image.resize(size, Image.Resampling.BOX)
+            with stage(PREPROCESS):
+                work = image.resize(size, Image.Resampling.BOX)
             scale = work.width / image.width
         detector = MTCNN(
             self.pnet, self.rnet, self.onet, min_face_size=min_face_size * scale
@@ -175,10 +179,11 @@ class FaceAnalyzer:
     ) -> list[FloatArray]:
         """Unit-length embeddings, one (faces, dims) array per image."""
         size = self.embedder.size
-        chips = [
-            _margin_crops(image, image_faces, size, self.margin)
-            for image, image_faces in zip(images, faces, strict=True)
-        ]
+        with stage(PREPROCESS):
+            chips = [
+                _margin_crops(image, image_faces, size, self.margin)
+                for image, image_faces in zip(images, faces, strict=True)
+            ]
         embeddings = _run_split(self.embedder, chips)
         return [e / np.linalg.norm(e, axis=1, keepdims=True) for e in embeddings]
 
@@ -230,12 +235,13 @@ class FaceAnalyzer:
         faces: Sequence[Sequence[Face]],
     ) -> list[npt.NDArray[np.uint8]]:
         chips = []
-        for image, image_faces in zip(images, faces, strict=True):
-            if not image_faces:
-                chips.append(np.zeros((0, size, size, 3), dtype=np.uint8))
-                continue
-            landmarks = np.stack([face.landmarks for face in image_faces])
-            chips.append(face_chips(np.asarray(image), landmarks, size))
+        with stage(PREPROCESS):
+            for image, image_faces in zip(images, faces, strict=True):
+                if not image_faces:
+                    chips.append(np.zeros((0, size, size, 3), dtype=np.uint8))
+                    continue
+                landmarks = np.stack([face.landmarks for face in image_faces])
+                chips.append(face_chips(np.asarray(image), landmarks, size))
         return chips
 
 

@@ -41,6 +41,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from service.timing import PREPROCESS, stage
+
 FloatArray = npt.NDArray[np.float32]
 Network = Callable[[FloatArray], Sequence[FloatArray]]
 OverlapMode = Literal["union", "min"]
@@ -191,7 +193,9 @@ class MTCNN:
         width, height = image.size
         # One pixel more than the scaled size, as facenet-pytorch does.
         level_size = (int(width * scale + 1), int(height * scale + 1))
-        regression, probability = self.pnet(pyramid_level(image, level_size))
+        with stage(PREPROCESS):
+            level = pyramid_level(image, level_size)
+        regression, probability = self.pnet(level)
         candidates = window_boxes(
             regression[0], probability[0], scale, self.thresholds[0]
         )
@@ -259,7 +263,9 @@ class CropNetwork:
         keys = [row.tobytes() for row in np.ascontiguousarray(boxes[:, :4])]
         new = [index for index, key in enumerate(keys) if key not in self.known]
         if new:
-            outputs = self.network(crop_batch(self.image, boxes[new], self.size))
+            with stage(PREPROCESS):
+                crops = crop_batch(self.image, boxes[new], self.size)
+            outputs = self.network(crops)
             for row, index in enumerate(new):
                 self.known[keys[index]] = [output[row] for output in outputs]
         rows = [self.known[key] for key in keys]
