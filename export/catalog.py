@@ -31,6 +31,13 @@ from export.nets.inception_resnet_v1 import (
 from export.nets.mobilenet_v2 import MobileNetV2
 from export.onnx_export import FORBIDDEN_OPS
 from export.parity import DEFAULT_TOLERANCE, normalised_batch, sample_photos
+from export.quantize import (
+    EmbeddingGate,
+    Quantization,
+    Top1Gate,
+    classifier_calibration,
+    face_calibration,
+)
 from export.readers.torch_state import load_state_dict
 
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -418,6 +425,43 @@ MTCNN_STAGES = (
 )
 
 RECIPES: tuple[Recipe, ...] = (*CLASSIFIERS, *MTCNN_STAGES, FACENET, AGE, GENDER)
+
+# Int8 variants of float32 models (export/quantize.py). A variant is offered
+# only when it loses less than one point of accuracy on the evaluation
+# photos, which CI does not have: bench/imagenet_accuracy.py over HTTP for
+# top-1 (at most one of the 125 images lost), bench/quantized_faces.py for
+# FaceNet (no verification decision changed at the service's threshold).
+# The README's "Int8 variants" gives the measurements.
+QUANTIZATIONS: tuple[Quantization, ...] = (
+    Quantization(
+        model="efficientnet-lite0",
+        method="entropy",
+        calibration=classifier_calibration,
+        calibration_set="scikit-image sample photos, 21 photos x 8 views",
+        gate=Top1Gate(),
+    ),
+    Quantization(
+        model="mobilenet-v2",
+        method="entropy",
+        calibration=classifier_calibration,
+        calibration_set="scikit-image sample photos, 21 photos x 8 views",
+        gate=Top1Gate(),
+        # MobileNetV2 loses four ImageNet images with min/max, entropy or
+        # percentile ranges alike: more than the one allowed.
+        offered=False,
+    ),
+    Quantization(
+        model="facenet",
+        method="minmax",
+        calibration=face_calibration,
+        calibration_set=(
+            "scikit-image LFW subset (100 faces) and 54 chips of its two "
+            "portraits' faces"
+        ),
+        gate=EmbeddingGate(),
+        gate_images=lambda _preprocessing: _facenet_batch(),
+    ),
+)
 
 DEFAULTS = {
     "classification": "efficientnet-lite0",

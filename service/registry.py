@@ -43,8 +43,12 @@ class ModelRegistry:
         classifiers: dict[str, Classifier],
         default: str,
         faces: FaceAnalyzer | None,
+        defaults: dict[str, str] | None = None,
     ) -> None:
         self.manifest = manifest
+        # The model each task uses when a request names none: the
+        # manifest's, as the settings override them.
+        self.defaults = dict(manifest.defaults if defaults is None else defaults)
         self.models = models
         self.classifiers = classifiers
         self.default_classifier = default
@@ -72,7 +76,11 @@ class ModelRegistry:
                 f"default classifier {default!r} is not among the loaded models "
                 f"({', '.join(classifiers) or 'none'})"
             )
-        return cls(manifest, models, classifiers, default, _face_analyzer(models))
+        defaults = dict(manifest.defaults)
+        if settings.face_embedder:
+            defaults[FACE_TASKS["embedder"]] = settings.face_embedder
+        faces = _face_analyzer(models, defaults)
+        return cls(manifest, models, classifiers, default, faces, defaults)
 
     def start_warm_up(self) -> threading.Thread:
         # Not a daemon: a worker told to stop mid-warm-up waits for the run
@@ -119,7 +127,7 @@ class ModelRegistry:
     def _default_for(self, task: str) -> str | None:
         if task == CLASSIFICATION:
             return self.default_classifier
-        return self.manifest.defaults.get(task)
+        return self.defaults.get(task)
 
     def describe(self) -> list[dict[str, Any]]:
         """Describe every loaded model for ``GET /v1/models``."""
@@ -155,19 +163,43 @@ def _session(spec: ModelSpec, providers: list[str], settings: Settings) -> Any:
     return session
 
 
-def _face_analyzer(models: dict[str, Model]) -> FaceAnalyzer | None:
-    """Assemble the face pipeline from the manifest's face models, if any."""
-    by_role: dict[str, Model] = {}
+def _face_analyzer(
+    models: dict[str, Model], defaults: dict[str, str]
+) -> FaceAnalyzer | None:
+    """Assemble the face pipeline from the manifest's face models, if any.
+
+    A role that several models can fill (FaceNet and its int8 variant both
+    embed) takes the one ``defaults`` names for its task.
+    """
+    candidates: dict[str, list[Model]] = {}
     for model in models.values():
         task = model.spec.task
         role = model.spec.preprocessing.get("role")
         if task in FACE_TASKS.values() and isinstance(role, str):
-            by_role[role] = model
-    if not by_role:
+            candidates.setdefault(role, []).append(model)
+    if not candidates:
         return None
-    missing = sorted(set(FACE_TASKS) - set(by_role))
+    missing = sorted(set(FACE_TASKS) - set(candidates))
     if missing:
         raise ModelContractError(
             f"the manifest has face models but none for {', '.join(missing)}"
         )
+    by_role = {
+        role: _choose(role, options, defaults.get(FACE_TASKS[role]))
+        for role, options in candidates.items()
+        if role in FACE_TASKS
+    }
     return FaceAnalyzer(**by_role)
+
+
+def _choose(role: str, options: list[Model], default: str | None) -> Model:
+    if len(options) == 1 and default in (None, options[0].spec.name):
+        return options[0]
+    for model in options:
+        if model.spec.name == default:
+            return model
+    names = ", ".join(model.spec.name for model in options)
+    raise ModelContractError(
+        f"the {role} of the face pipeline is one of {names}; the default "
+        f"{FACE_TASKS[role]} model {default!r} is none of them"
+    )

@@ -62,6 +62,7 @@ class Settings:
     max_images: int = 16
     log_level: str = "INFO"
     default_model: str = ""
+    face_embedder: str = ""
     # Kept out of repr() so that logging the settings cannot leak a key.
     api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     api_keys_file: Path | None = None
@@ -274,6 +275,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_images": _positive_int,
     "log_level": _choice(LOG_LEVELS, upper=True),
     "default_model": str,
+    "face_embedder": str,
     "api_keys": _api_keys,
     "api_keys_file": _key_file,
     "cors_origins": _origins,
@@ -297,6 +299,7 @@ DESCRIPTIONS = {
     "max_images": "most images in one request",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "default_model": "classifier used when a request names none",
+    "face_embedder": "face embedding model, facenet or facenet-int8",
     "api_keys": "comma-separated API keys, one of which /v1 requests must send",
     "api_keys_file": "file of more API keys, one a line, # comments ignored",
     "cors_origins": "origins browsers may call from, comma-separated, or *",

@@ -230,7 +230,7 @@ CORPUS = [
         bad_request(
             "unknown-model",
             "model 'vgg' is not a loaded classification model; "
-            "available: efficientnet-lite0, mobilenet-v2.",
+            "available: efficientnet-lite0, mobilenet-v2, efficientnet-lite0-int8.",
         ),
         id="unknown-model",
     ),
