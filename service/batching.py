@@ -1,16 +1,18 @@
 """Micro-batching: one network run for the inputs of concurrent requests.
 
-A network runs faster per image on a batch than on single images, a lot
-faster on a GPU, a little on a CPU. ``BatchedSession`` stands in for an
+On a GPU a network runs far faster per image on a batch than on single
+images; on a CPU, little or not at all. ``BatchedSession`` stands in for an
 onnxruntime session: ``run`` puts the caller's batch on a queue and waits;
 one thread per session takes what has queued, waits up to
 ``VISION_BATCH_WINDOW_MS`` for more (at most ``VISION_MAX_BATCH`` images; a
 caller's own batch is never split), runs the network once on the
 concatenation and hands each caller its rows.
 
-It is off by default (window 0): on the CPU the measured gain did not pay
-for the wait (see the README's performance section). A request alone still
-waits the whole window, so the window should stay a few milliseconds.
+It is off by default (window 0). On the CPU it needs more than one slot
+per worker (``VISION_MAX_CONCURRENCY``) to have anything to merge, gained
+about a tenth of throughput under load, and cost a request alone the
+whole window (see the README's performance section); on a GPU, where a
+batch costs little more than one image, it is the way to use the device.
 """
 
 from __future__ import annotations

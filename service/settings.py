@@ -50,7 +50,7 @@ class Settings:
     timeout: int = 60
     graceful_timeout: int = 30
     client_timeout: float = 20.0
-    max_concurrency: int = 2
+    max_concurrency: int = 1
     batch_window_ms: float = 0.0
     max_batch: int = 32
     queue_timeout: float = 0.5

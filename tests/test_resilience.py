@@ -693,5 +693,5 @@ def test_admission_settings_are_validated(variable: str, raw: str) -> None:
 def test_admission_settings_defaults() -> None:
     settings = Settings.from_env({})
 
-    assert (settings.max_concurrency, settings.queue_timeout) == (2, 0.5)
+    assert (settings.max_concurrency, settings.queue_timeout) == (1, 0.5)
     assert settings.graceful_timeout == 30
