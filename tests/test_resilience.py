@@ -642,8 +642,7 @@ def test_limit_turns_away_a_second_request_and_frees_its_slot(
         "type": "/problems/overloaded",
         "title": "Service Unavailable",
         "status": 503,
-        "detail": "All 1 inference slots of this worker stayed busy for 0 s; "
-        "retry later.",
+        "detail": "The inference slot of this worker stayed busy for 0 s; retry later.",
     }
     assert probe.status_code == 200
     assert app.test_client().get("/work").status_code == 200

@@ -35,9 +35,14 @@ class ConcurrencyLimit:
         """Take a slot, or raise ``Overloaded`` when none frees up in time."""
         if self._semaphore.acquire(timeout=self.queue_timeout):
             return
+        slots = (
+            "The inference slot"
+            if self.slots == 1
+            else f"All {self.slots} inference slots"
+        )
         raise Overloaded(
-            f"All {self.slots} inference slots of this worker stayed busy for "
-            f"{self.queue_timeout:g} s; retry later.",
+            f"{slots} of this worker stayed busy for {self.queue_timeout:g} s; "
+            "retry later.",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
 

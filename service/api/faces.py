@@ -244,8 +244,8 @@ def find_faces(
                 face_request.images, face_request.labels, strict=True
             )
         ]
-    # The MTCNN cascade's pyramid, crops and box merging count as inference
-    # unless service.vision marks them as stages of their own.
+    # service.vision marks the pyramid and the crops as preprocessing; the
+    # rest of the cascade, networks and box merging, counts as inference.
     with stage(INFERENCE):
         faces = [
             analyzer.detect(image, face_request.min_face_size, face_request.max_faces)

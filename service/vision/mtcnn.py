@@ -127,12 +127,12 @@ class MTCNN:
         """Return the faces in an RGB image, largest first.
 
         With ``max_faces``, only that many of the largest faces are wanted
-        (by visible area, see ``largest``),
-        and the search goes from the coarsest pyramid level (largest faces)
-        to the finest, stopping as soon as the faces already confirmed are
-        larger than any the remaining levels could yield (``_could_be``).
-        The fine levels hold most of the pixels, so for a photo of one or two
-        people this skips most of P-Net's work.
+        (by visible area, see ``largest``), and the search goes from the
+        coarsest pyramid level (largest faces) to the finest, stopping as
+        soon as the faces already confirmed are larger than any the
+        remaining levels could yield (``_could_be``). The fine levels hold
+        most of the pixels, so for a photo of one or two people this skips
+        most of P-Net's work.
         """
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
@@ -148,7 +148,6 @@ class MTCNN:
             proposals = [self._propose_level(image, scale) for scale in scales]
             return self._cascade(proposals, rnet, onet)
         per_scale: list[FloatArray] = []
-        faces: list[Face] = []
         coarse_to_fine = scales[::-1]
         for position, scale in enumerate(coarse_to_fine):
             per_scale.append(self._propose_level(image, scale))
@@ -166,14 +165,13 @@ class MTCNN:
     def _may_stop(per_scale: list[FloatArray], wanted: int, bound: float) -> bool:
         """Whether enough P-Net windows are big enough to become ``wanted``
         faces of at least ``bound`` area; if not, the later networks need not
-        run yet. Regression moves no side by more than the window's own
-        length, hence the factor 4 on the area; erring large only delays
-        the stop."""
+        run yet. A window grows by the same factor as ``_could_be`` allows;
+        erring large only delays the stop."""
         if not per_scale[-1].size:
             return False
         candidates = np.concatenate(per_scale)
         sides = candidates[:, 2:4] - candidates[:, 0:2]
-        areas = sides.max(axis=1) ** 2 * 4
+        areas = (LARGEST_BOX_PER_WINDOW * sides.max(axis=1)) ** 2
         return int((areas >= bound).sum()) >= wanted
 
     def _cascade(
