@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gunicorn.glogging import Logger
+
+from service.logs import use_format
 from service.settings import Settings
 
 _settings = Settings.from_env()
@@ -40,6 +43,12 @@ control_socket_disable = True
 worker_tmp_dir = "/dev/shm"
 
 accesslog = "-"
+# gunicorn's combined format, then the request id (service.logs) and the
+# time taken in microseconds.
+access_log_format = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" '
+    "%({x-request-id}o)s %(D)s"
+)
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 
@@ -52,6 +61,19 @@ class _HealthProbeFilter(logging.Filter):
         if isinstance(arguments, dict):
             return arguments.get("U") not in ("/healthz", "/readyz")
         return True
+
+
+class _VisionLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, writing VISION_LOG_FORMAT lines with request ids
+    from its very first line on (and again after a SIGHUP reload)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            use_format(log, _settings.log_format)
+
+
+logger_class = _VisionLogger
 
 
 def on_starting(server: Any) -> None:

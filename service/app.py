@@ -16,6 +16,7 @@ from service.api import classify, faces, health, models
 from service.api.admission import ConcurrencyLimit, limit_concurrency
 from service.api.context import EXTENSION_KEY, ServiceState
 from service.errors import register_error_handlers
+from service.logs import configure_logging, track_request_ids
 from service.registry import ModelRegistry
 from service.security import protect
 from service.settings import Settings
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; ``settings`` default to the environment's."""
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -36,8 +37,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions[EXTENSION_KEY] = ServiceState(settings, registry)
 
     register_error_handlers(app)
-    # First of the request hooks: a caller without a valid key is turned
-    # away before any other hook runs for it.
+    # First of the request hooks: an id for the logs, then the key check, so
+    # a caller without a valid key is turned away before anything else runs.
+    track_request_ids(app)
     protect(app, settings)
     for blueprint in (
         health.blueprint,
@@ -56,17 +58,3 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     registry.start_warm_up()
     return app
-
-
-def configure_logging(level: str) -> None:
-    """Send the service's logs to stderr at ``level``, once per process.
-
-    Under gunicorn the root logger has no handler, so one is added; a host
-    application that configured logging itself keeps its handlers.
-    """
-    package_logger = logging.getLogger("service")
-    package_logger.setLevel(level)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-        )

@@ -19,6 +19,7 @@ PREFIX = "VISION_"
 REPOSITORY = Path(__file__).resolve().parents[1]
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 # Settings whose values are never repeated in an error message.
 SECRET_SETTINGS = frozenset({"api_keys"})
 MIN_API_KEY_LENGTH = 16
@@ -61,6 +62,7 @@ class Settings:
     max_pixels: int = 50_000_000
     max_images: int = 16
     log_level: str = "INFO"
+    log_format: str = "text"
     default_model: str = ""
     face_embedder: str = ""
     # Kept out of repr() so that logging the settings cannot leak a key.
@@ -274,6 +276,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_pixels": _positive_int,
     "max_images": _positive_int,
     "log_level": _choice(LOG_LEVELS, upper=True),
+    "log_format": _choice(LOG_FORMATS),
     "default_model": str,
     "face_embedder": str,
     "api_keys": _api_keys,
@@ -298,6 +301,7 @@ DESCRIPTIONS = {
     "max_pixels": "largest image accepted, in pixels (width x height)",
     "max_images": "most images in one request",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "text (one readable line per record) or json (one object a line)",
     "default_model": "classifier used when a request names none",
     "face_embedder": "face embedding model, facenet or facenet-int8",
     "api_keys": "comma-separated API keys, one of which /v1 requests must send",
