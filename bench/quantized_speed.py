@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.runtime import session_options
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 8)
 
@@ -48,14 +50,10 @@ class Contender:
 
 
 def open_session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
     return ort.InferenceSession(
-        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        str(path),
+        sess_options=session_options(threads),
+        providers=["CPUExecutionProvider"],
     )
 
 

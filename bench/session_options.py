@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.manifest import ModelSpec, load_manifest
-from service.runtime import create_session
+from service.runtime import create_session, session_options
 from service.settings import REPOSITORY
 
 Variant = Callable[[ort.SessionOptions], None]
@@ -73,12 +73,7 @@ def session_for(spec: ModelSpec, variant: Variant | None) -> ort.InferenceSessio
     if variant is None:
         return session
     # The service's options, changed in one respect.
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options = session_options(1)
     variant(options)
     return ort.InferenceSession(
         str(spec.path), sess_options=options, providers=["CPUExecutionProvider"]

@@ -42,10 +42,10 @@ def choose_providers(preference: str) -> list[str]:
     return [CPU]
 
 
-def create_session(
-    spec: ModelSpec, providers: list[str], threads: int
-) -> ort.InferenceSession:
-    """Open the model's ONNX file and check it against ``spec``."""
+def session_options(threads: int) -> ort.SessionOptions:
+    """The options every session of the service gets, chosen by measurement
+    (``bench/session_options.py``): full graph optimisation, with its layout
+    changes, and onnxruntime's memory arena and patterns left on."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     # One graph at a time per request; parallelism comes from workers and
@@ -54,8 +54,15 @@ def create_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    return options
+
+
+def create_session(
+    spec: ModelSpec, providers: list[str], threads: int
+) -> ort.InferenceSession:
+    """Open the model's ONNX file and check it against ``spec``."""
     session = ort.InferenceSession(
-        str(spec.path), sess_options=options, providers=providers
+        str(spec.path), sess_options=session_options(threads), providers=providers
     )
     check_session(session, spec)
     logger.info(
