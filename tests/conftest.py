@@ -24,6 +24,8 @@ from service.settings import Settings
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPOSITORY / "models"
+# The HTTP contract ships inside the package: the service serves it at /docs.
+OPENAPI_PATH = REPOSITORY / "service" / "openapi.yaml"
 READY_TIMEOUT_SECONDS = 60
 
 

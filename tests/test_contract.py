@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import REPOSITORY, encode, photo
+from tests.conftest import OPENAPI_PATH, encode, photo
 
 MAX_EXAMPLES = 20
 CHECKS = [
@@ -47,7 +47,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 IMAGE_ROUTES = ("/v1/classify", "/v1/faces/detect", "/v1/faces/embed")
 VERIFY_INPUTS = ("image1", "image2", "embedding1", "embedding2")
 
-SCHEMA = schemathesis.openapi.from_path(REPOSITORY / "openapi.yaml")
+SCHEMA = schemathesis.openapi.from_path(OPENAPI_PATH)
 OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
 
 # A small photo with one face: every image route answers 200 for it.

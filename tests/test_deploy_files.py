@@ -1,4 +1,4 @@
-"""Checks on the deployment files: openapi.yaml, Dockerfile and compose.
+"""Checks on the deployment files: service/openapi.yaml, Dockerfile and compose.
 
 The files are read as text and YAML, so these tests need neither Docker nor a
 network. They assert what a broken build or a drifting contract would break:
@@ -28,7 +28,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OPENAPI_PATH = REPO_ROOT / "openapi.yaml"
+OPENAPI_PATH = REPO_ROOT / "service" / "openapi.yaml"
 DOCKERFILE_PATH = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE_PATH = REPO_ROOT / ".dockerignore"
 COMPOSE_PATH = REPO_ROOT / "docker-compose.yml"

@@ -40,9 +40,8 @@ from openapi_core.validation.response.exceptions import (
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import EnvironBuilder, encode_multipart
 
-from tests.conftest import REPOSITORY, encode, make_app, photo
+from tests.conftest import OPENAPI_PATH, encode, make_app, photo
 
-OPENAPI_PATH = REPOSITORY / "openapi.yaml"
 # openapi-core finds an operation only under one of the document's servers,
 # so every request is addressed to the first of them.
 SERVER_URL = "http://localhost:8000"

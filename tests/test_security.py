@@ -34,7 +34,7 @@ import service.security
 from service.errors import register_error_handlers
 from service.security import KeyRing, protect
 from service.settings import Settings, SettingsError
-from tests.conftest import REPOSITORY, encode, make_app, photo
+from tests.conftest import OPENAPI_PATH, encode, make_app, photo
 
 KEY = "first-key-5f0c2d9a8b7e6c4d3a2b1f0e"
 SECOND_KEY = "second-key-91b3c7d5e2f4a6b8c0d1"
@@ -123,7 +123,7 @@ def openapi() -> OpenAPI:
             "application/problem+json": lambda value, **_: json.loads(value)
         }
     )
-    return OpenAPI.from_file_path(str(REPOSITORY / "openapi.yaml"), config=config)
+    return OpenAPI.from_file_path(str(OPENAPI_PATH), config=config)
 
 
 def assert_problem(response: TestResponse, body: dict[str, Any]) -> None:

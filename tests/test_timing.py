@@ -25,7 +25,7 @@ from werkzeug.test import TestResponse
 from service import timing
 from service.client import parse_server_timing
 from service.timing import Recorder
-from tests.conftest import REPOSITORY, encode, photo
+from tests.conftest import OPENAPI_PATH, encode, photo
 
 # The routes split their work at least this finely; service.vision may add
 # "preprocess" (and a route that got no further reports less).
@@ -51,7 +51,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 def header_pattern() -> re.Pattern[str]:
-    document = yaml.safe_load((REPOSITORY / "openapi.yaml").read_text())
+    document = yaml.safe_load(OPENAPI_PATH.read_text())
     schema = document["components"]["headers"]["ServerTiming"]["schema"]
     return re.compile(schema["pattern"])
 
