@@ -11,7 +11,7 @@ import logging
 
 from flask import Flask
 
-from service import timing
+from service import pages, timing
 from service.api import classify, faces, health, models
 from service.api.admission import ConcurrencyLimit, limit_concurrency
 from service.api.context import EXTENSION_KEY, ServiceState
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         models.blueprint,
         classify.blueprint,
         faces.blueprint,
+        pages.blueprint,
     ):
         app.register_blueprint(blueprint)
     inference = {classify.blueprint.name, faces.blueprint.name}

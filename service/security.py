@@ -1,13 +1,16 @@
 """Who may call the service, and what every response tells browsers.
 
 ``protect(app, settings)`` adds three things to an app. With API keys
-configured, every request but the probes (``/healthz``, ``/readyz``) and
-CORS preflights must carry one, in ``X-API-Key`` or as
-``Authorization: Bearer <key>``; anything else is a 401 ``unauthorized``
-problem. Responses to the origins of ``VISION_CORS_ORIGINS`` carry the CORS
-headers, errors included, so that a web page can read why a call failed.
-And every response carries headers that stop browsers from sniffing,
-framing or caching it: results are personal data more often than not.
+configured, every request but the probes (``/healthz``, ``/readyz``), the
+pages of ``service.pages`` and CORS preflights must carry one, in
+``X-API-Key`` or as ``Authorization: Bearer <key>``; anything else is a 401
+``unauthorized`` problem. Responses to the origins of
+``VISION_CORS_ORIGINS`` carry the CORS headers, errors included, so that a
+web page can read why a call failed. And every response carries headers
+that stop browsers from sniffing, framing or caching it: results are
+personal data more often than not. The two HTML pages get a
+Content-Security-Policy that lets them load their own scripts, styles and
+images and call this origin, and nothing else.
 
 Keys are compared in constant time and never written to the log.
 """
@@ -21,12 +24,16 @@ from collections.abc import Iterable
 
 from flask import Flask, Request, Response, request
 
+from service import pages
 from service.errors import Unauthorized
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The probes, so that orchestrators need no key, and the pages, which hold
+# no data; the API calls the pages make still need one.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | pages.OPEN_PATHS
+OPEN_PREFIXES = (pages.OPEN_PREFIX,)
 KEY_HEADER = "X-API-Key"
 REALM = 'Bearer realm="vision-service"'
 MISSING_KEY_DETAIL = (
@@ -43,6 +50,21 @@ SECURITY_HEADERS = {
     # The service answers JSON only: nothing may load from or frame it.
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
+# For the HTML pages: their own files, the photo being shown (a blob: URL;
+# Swagger UI's icons are data: URLs), calls to this origin only. No inline
+# script, no plugins, no forms sent elsewhere, no framing.
+PAGE_CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' blob: data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, X-API-Key"
 # Headers a page may read beyond the few that browsers always expose.
 CORS_EXPOSED_HEADERS = "Allow, Retry-After, WWW-Authenticate"
@@ -98,6 +120,9 @@ def protect(app: Flask, settings: Settings) -> None:
     @app.after_request
     def add_headers(response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)
+        if request.path in pages.HTML_PATHS:
+            policy = PAGE_CONTENT_SECURITY_POLICY
+            response.headers["Content-Security-Policy"] = policy
         if origins:
             add_cors_headers(request, response, origins)
         return response
@@ -107,7 +132,7 @@ def _log_policy(keys: KeyRing, origins: frozenset[str]) -> None:
     if keys:
         logger.info(
             "API key required on every route but %s; accepted keys: %d",
-            ", ".join(sorted(OPEN_PATHS)),
+            ", ".join([*sorted(OPEN_PATHS), *(f"{path}*" for path in OPEN_PREFIXES)]),
             len(keys),
         )
     else:
@@ -122,7 +147,7 @@ def _log_policy(keys: KeyRing, origins: frozenset[str]) -> None:
 def check_api_key(incoming: Request, keys: KeyRing) -> None:
     """Raise ``Unauthorized`` unless ``incoming`` may pass without a key or
     carries one of ``keys``."""
-    if incoming.path in OPEN_PATHS or is_preflight(incoming):
+    if is_open(incoming) or is_preflight(incoming):
         return
     presented = presented_key(incoming)
     if presented is None:
@@ -130,6 +155,12 @@ def check_api_key(incoming: Request, keys: KeyRing) -> None:
     if not keys.accepts(presented):
         challenge = f'{REALM}, error="invalid_token"'
         raise Unauthorized(WRONG_KEY_DETAIL, headers={"WWW-Authenticate": challenge})
+
+
+def is_open(incoming: Request) -> bool:
+    """Whether ``incoming`` asks for a probe or a page, which need no key."""
+    path = incoming.path
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def presented_key(incoming: Request) -> str | None:
