@@ -52,6 +52,15 @@ FLASK_VARIABLE = re.compile(r"<(?:[a-z_]+(?:\([^)]*\))?:)?([A-Za-z_]\w*)>")
 SMALL_BODY_LIMIT = 1000
 NO_FACE_MODELS = "the face models are not in models/; `python -m export` builds them"
 FACE_MODELS_INSTALLED = "this exchange needs an app without the face models"
+# The page at / and the docs are for people, not part of the API: they stay
+# out of the contract, and are named here so that no other route can.
+PAGE_OPERATIONS = {
+    ("/", "get"),
+    ("/docs", "get"),
+    ("/openapi.yaml", "get"),
+    ("/web/{name}", "get"),
+    ("/web/swagger-ui/{name}", "get"),
+}
 # Where the astronaut's face lies in scikit-image's photo (512x512), as
 # (left, top, right, bottom) pixels; a detected box must centre inside it.
 ASTRONAUT_FACE = (150, 45, 300, 195)
@@ -135,7 +144,8 @@ def test_an_undocumented_route_is_noticed() -> None:
 
 
 def test_every_route_is_documented(app: Flask) -> None:
-    undocumented = served_operations(app) - documented_operations()
+    api_operations = served_operations(app) - PAGE_OPERATIONS
+    undocumented = api_operations - documented_operations()
 
     assert not undocumented, f"routes missing from openapi.yaml: {undocumented}"
 
@@ -144,6 +154,12 @@ def test_every_documented_operation_is_served(app: Flask) -> None:
     unserved = documented_operations() - served_operations(app)
 
     assert not unserved, f"openapi.yaml documents routes the app lacks: {unserved}"
+
+
+def test_the_pages_are_served_and_kept_out_of_the_contract(app: Flask) -> None:
+    assert PAGE_OPERATIONS <= served_operations(app)
+    assert not PAGE_OPERATIONS & documented_operations()
+    assert not any(path.startswith("/v1/") for path, _ in PAGE_OPERATIONS)
 
 
 # Request bodies --------------------------------------------------------------
