@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import (
     Browser,
     ConsoleMessage,
@@ -50,7 +50,15 @@ CAT_CLASSES = {"tiger cat", "tabby", "Egyptian cat"}
 # Where the astronaut's face lies in scikit-image's photo (512x512), as
 # (left, top, right, bottom) pixels; the drawn box must centre inside it.
 ASTRONAUT_FACE = (150, 45, 300, 195)
-ASTRONAUT_SIZE = 512
+# The photo is sent at twice its size, so that the page must scale the
+# boxes down to the photo as shown.
+ENLARGED = 2
+DATA_TRANSFER = """([bytes, name]) => {
+    const transfer = new DataTransfer();
+    const file = new File([new Uint8Array(bytes)], name, {type: "image/jpeg"});
+    transfer.items.add(file);
+    return transfer;
+}"""
 INLINE_SCRIPT = """() => {
     const script = document.createElement("script");
     script.textContent = "document.title = 'inline'";
@@ -143,13 +151,23 @@ def keyed_tab(tab: Tab) -> Tab:
     return tab
 
 
-def jpeg_file(folder: Path, name: str, mirrored: bool = False) -> Path:
-    pixels = photo(name)
+def jpeg_file(
+    folder: Path, name: str, mirrored: bool = False, enlarged: int = 1
+) -> Path:
+    image = Image.fromarray(photo(name))
     if mirrored:
-        pixels = np.ascontiguousarray(pixels[:, ::-1])
-    path = folder / f"{name}{'-mirrored' if mirrored else ''}.jpg"
-    path.write_bytes(encode(pixels))
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if enlarged > 1:
+        image = image.resize((image.width * enlarged, image.height * enlarged))
+    path = folder / f"{name}-{mirrored:d}-{enlarged}.jpg"
+    path.write_bytes(encode(image))
     return path
+
+
+def drop_file(page: Page, selector: str, path: Path) -> None:
+    """Drop ``path`` on ``selector`` as a file dragged from the desktop."""
+    transfer = page.evaluate_handle(DATA_TRANSFER, [list(path.read_bytes()), path.name])
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
 
 
 def assert_clean(tab: Tab) -> None:
@@ -198,7 +216,8 @@ def test_every_face_is_boxed_with_its_age_and_gender(
     page = keyed_tab.page
     page.goto("/")
 
-    page.set_input_files("#photo-input", jpeg_file(tmp_path, "astronaut"))
+    enlarged = jpeg_file(tmp_path, "astronaut", enlarged=ENLARGED)
+    page.set_input_files("#photo-input", enlarged)
 
     boxes = page.locator("#face-boxes .face-box")
     expect(boxes).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
@@ -211,7 +230,10 @@ def test_every_face_is_boxed_with_its_age_and_gender(
     image = page.locator("#photo").bounding_box()
     box = boxes.first.bounding_box()
     assert image is not None and box is not None
-    scale = ASTRONAUT_SIZE / image["width"]
+    sent_width = photo("astronaut").shape[1] * ENLARGED
+    assert image["width"] < sent_width
+    # Back to pixels of the original photo, where ASTRONAUT_FACE is.
+    scale = sent_width / image["width"] / ENLARGED
     centre_x = (box["x"] + box["width"] / 2 - image["x"]) * scale
     centre_y = (box["y"] + box["height"] / 2 - image["y"]) * scale
     left, top, right, bottom = ASTRONAUT_FACE
@@ -240,6 +262,18 @@ def test_the_verify_view_compares_two_photos(keyed_tab: Tab, tmp_path: Path) -> 
     expect(page.locator("#photo-view")).to_be_hidden()
     assert page.url.endswith("#verify")
     keyed_tab.screenshot("verify")
+    assert_clean(keyed_tab)
+
+
+def test_a_photo_can_be_dropped_on_the_page(keyed_tab: Tab, tmp_path: Path) -> None:
+    page = keyed_tab.page
+    page.goto("/")
+
+    drop_file(page, "#photo-view .drop-zone", jpeg_file(tmp_path, "chelsea"))
+
+    expect(page.locator("#classes li")).to_have_count(5, timeout=ANSWER_TIMEOUT_MS)
+    assert class_names(page)[0] in CAT_CLASSES
+    expect(page.locator("#photo-caption")).to_have_text("chelsea-0-1.jpg")
     assert_clean(keyed_tab)
 
 

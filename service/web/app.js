@@ -6,6 +6,8 @@
 const KEY_STORAGE = "vision-api-key";
 const TOP_K = 5;
 const NO_FACE = "/problems/no-face";
+const OVERLOADED = "/problems/overloaded";
+const BUSY_ATTEMPTS = 3;
 
 const byId = (id) => document.getElementById(id);
 
@@ -19,10 +21,11 @@ const shownPhotos = new Map();
 const verifyFiles = new Map();
 
 class ApiError extends Error {
-  constructor(status, problem) {
+  constructor(status, problem, retryAfter = 0) {
     super(problem.detail || `The service answered ${status}.`);
     this.status = status;
     this.type = problem.type || "";
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -37,6 +40,20 @@ function storedKey() {
 }
 
 async function post(path, form) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await postOnce(path, form);
+    } catch (error) {
+      // A busy worker asks to be called again shortly; the service has no
+      // queue of its own beyond that.
+      const busy = error instanceof ApiError && error.type === OVERLOADED;
+      if (!busy || attempt === BUSY_ATTEMPTS) throw error;
+      await sleep(1000 * Math.min(error.retryAfter || 1, 5));
+    }
+  }
+}
+
+async function postOnce(path, form) {
   const headers = {};
   const key = storedKey();
   if (key) headers["X-API-Key"] = key;
@@ -48,8 +65,15 @@ async function post(path, form) {
   }
   const type = response.headers.get("Content-Type") || "";
   const body = type.includes("json") ? await response.json() : {};
-  if (!response.ok) throw new ApiError(response.status, body);
+  if (!response.ok) {
+    const retryAfter = Number(response.headers.get("Retry-After")) || 0;
+    throw new ApiError(response.status, body, retryAfter);
+  }
   return body;
+}
+
+function sleep(milliseconds) {
+  return new Promise((resolve) => setTimeout(resolve, milliseconds));
 }
 
 function imageForm(fields) {
@@ -256,14 +280,17 @@ async function lookAtPhoto(file) {
     byId("faces-summary").textContent = "";
     byId("photo-caption").textContent = file.name;
     await showPhoto(img, file);
-    const [classes, faces] = await Promise.all([
-      post(`/v1/classify?top_k=${TOP_K}`, imageForm({ image: file })),
-      detectFaces(file),
-    ]);
+    // One call after the other: sent together to a worker that runs one
+    // inference at a time, the second would wait and might be turned away.
+    const classes = await post(
+      `/v1/classify?top_k=${TOP_K}`,
+      imageForm({ image: file }),
+    );
     if (!isCurrent()) return;
     renderClasses(classes.results[0].predictions);
+    const faces = await detectFaces(file);
+    if (!isCurrent()) return;
     renderFaces(faces);
-    byId("photo-results").classList.add("done");
   });
 }
 
