@@ -462,7 +462,9 @@ def test_a_preflight_from_an_allowed_origin_is_answered(keyed: FlaskClient) -> N
     assert cors_headers(response) == {
         "Access-Control-Allow-Origin": ALLOWED_ORIGIN,
         "Access-Control-Allow-Methods": "OPTIONS, POST",
-        "Access-Control-Allow-Headers": "Authorization, Content-Type, X-API-Key",
+        "Access-Control-Allow-Headers": (
+            "Authorization, Content-Type, X-API-Key, X-Request-ID"
+        ),
         "Access-Control-Max-Age": "600",
     }
     assert "Origin" in response.vary
@@ -509,7 +511,9 @@ def test_answers_to_an_allowed_origin_carry_cors_headers(
     assert response.status_code == status
     assert cors_headers(response) == {
         "Access-Control-Allow-Origin": ALLOWED_ORIGIN,
-        "Access-Control-Expose-Headers": "Allow, Retry-After, WWW-Authenticate",
+        "Access-Control-Expose-Headers": (
+            "Allow, Retry-After, Server-Timing, WWW-Authenticate, X-Request-ID"
+        ),
     }
 
 
