@@ -155,7 +155,9 @@ class ModelRegistry:
 def _session(spec: ModelSpec, providers: list[str], settings: Settings) -> Any:
     """The model's session, behind a micro-batcher when batching is on and
     the input stacks across requests (not P-Net's, whose size varies)."""
-    session = create_session(spec, providers, settings.threads)
+    session = create_session(
+        spec, providers, settings.threads, require_cuda=settings.providers == "cuda"
+    )
     if settings.batch_window_ms and batchable(spec.inputs[0].shape):
         return BatchedSession(
             session, settings.batch_window_ms / 1000, settings.max_batch

@@ -23,11 +23,18 @@ CUDA = "CUDAExecutionProvider"
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
+class ProviderUnavailable(RuntimeError):
+    """``VISION_PROVIDERS=cuda``, and onnxruntime cannot run the models on
+    CUDA here (no onnxruntime-gpu, no GPU visible, or CUDA libraries missing)."""
+
+
 def choose_providers(preference: str) -> list[str]:
     """Return the providers for ``preference`` (auto, cpu or cuda).
 
-    ``cuda`` asks for the CUDA provider and still falls back to the CPU,
-    with a warning, when onnxruntime-gpu or a GPU is missing.
+    ``auto`` takes CUDA when onnxruntime offers it and the CPU otherwise.
+    ``cuda`` insists: a GPU image started on a host without a GPU should
+    stop, not serve many times slower on the CPU, so it raises
+    ``ProviderUnavailable`` when onnxruntime has no CUDA provider.
     """
     available = ort.get_available_providers()
     if preference == "cpu":
@@ -35,9 +42,10 @@ def choose_providers(preference: str) -> list[str]:
     if CUDA in available:
         return [CUDA, CPU]
     if preference == "cuda":
-        logger.warning(
-            "CUDA was asked for but onnxruntime offers only %s; using the CPU",
-            ", ".join(available),
+        raise ProviderUnavailable(
+            "VISION_PROVIDERS=cuda, but onnxruntime offers only "
+            f"{', '.join(available)}: install onnxruntime-gpu in place of "
+            "onnxruntime, or set VISION_PROVIDERS=auto to run on the CPU"
         )
     return [CPU]
 
@@ -58,13 +66,26 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 
 def create_session(
-    spec: ModelSpec, providers: list[str], threads: int
+    spec: ModelSpec, providers: list[str], threads: int, *, require_cuda: bool = False
 ) -> ort.InferenceSession:
-    """Open the model's ONNX file and check it against ``spec``."""
+    """Open the model's ONNX file and check it against ``spec``.
+
+    onnxruntime-gpu lists its CUDA provider even where CUDA cannot start,
+    and then quietly runs the session on the CPU; with ``require_cuda``
+    that raises ``ProviderUnavailable`` instead of a warning.
+    """
     session = ort.InferenceSession(
         str(spec.path), sess_options=session_options(threads), providers=providers
     )
     check_session(session, spec)
+    if CUDA in providers and CUDA not in session.get_providers():
+        if require_cuda:
+            raise ProviderUnavailable(
+                f"model {spec.name}: VISION_PROVIDERS=cuda, but onnxruntime "
+                "could not start CUDA (is a GPU visible to this process, with "
+                "the CUDA and cuDNN libraries onnxruntime-gpu needs?)"
+            )
+        logger.warning("model %s: CUDA could not start; using the CPU", spec.name)
     logger.info(
         "loaded model %s %s from %s with %s, %d intra-op threads",
         spec.name,
