@@ -83,7 +83,7 @@ INFERENCE_BATCH_SIZE = Histogram(
 )
 IMAGES_DECODED = Counter(
     "vision_images_decoded_total",
-    "Images decoded into pixels, by file format.",
+    "Images decoded, by file format.",
     ["format"],
 )
 FACES_DETECTED = Counter(

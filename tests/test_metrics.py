@@ -32,7 +32,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from service.batching import BatchedSession
 from service.manifest import load_manifest
 from service.runtime import MeasuredSession, create_session
-from tests.conftest import REPOSITORY, encode, make_app, photo
+from tests.conftest import REPOSITORY, encode, photo
 from tests.servers import (
     REQUEST_TIMEOUT_SECONDS,
     Server,
@@ -227,22 +227,6 @@ def test_a_merged_batch_counts_as_one_run_with_all_its_rows(
     for name, expected in [(f"{rows}_count", 1), (f"{rows}_sum", 3)]:
         change = value(after, name, model=model) - value(before, name, model=model)
         assert change == expected, name
-
-
-# Access -----------------------------------------------------------------------
-
-
-def test_a_keyed_app_wants_the_key_for_metrics_but_not_for_probes(
-    models_dir: Path,
-) -> None:
-    key = "metrics-scraper-key-6c1d0f2e9b8a"
-    keyed = make_app(models_dir, api_keys=(key,)).test_client()
-
-    assert keyed.get("/metrics").status_code == 401
-    assert keyed.get("/readyz").status_code == 200
-    answered = keyed.get("/metrics", headers={"Authorization": f"Bearer {key}"})
-    assert answered.status_code == 200
-    assert answered.headers["Content-Type"] == EXPOSITION_TYPE
 
 
 # gunicorn: several workers, one scrape -----------------------------------------
