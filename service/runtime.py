@@ -1,5 +1,5 @@
 """onnxruntime sessions: provider choice, threads, the load-time check of
-each session against its manifest entry, and the measure of every run.
+each session against its manifest entry, and the measurement of each run.
 
 Options are set explicitly rather than left to onnxruntime's defaults,
 because the defaults assume one session owns the machine: here gunicorn
