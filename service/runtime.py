@@ -1,5 +1,5 @@
-"""onnxruntime sessions: provider choice, threads, and the load-time check
-of each session against its manifest entry.
+"""onnxruntime sessions: provider choice, threads, the load-time check of
+each session against its manifest entry, and the measurement of each run.
 
 Options are set explicitly rather than left to onnxruntime's defaults,
 because the defaults assume one session owns the machine: here gunicorn
@@ -10,10 +10,14 @@ cores or every request slows down.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 from service.manifest import ModelContractError, ModelSpec, TensorSpec
+from service.metrics import INFERENCE_BATCH_SIZE, INFERENCE_DURATION
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +139,34 @@ def _compare(
 def _fixed_dims(shape: tuple[int | str, ...]) -> list[int | None]:
     """Sizes of the fixed axes, None for symbolic ones, whatever their name."""
     return [d if isinstance(d, int) else None for d in shape]
+
+
+class MeasuredSession:
+    """An onnxruntime session whose runs are timed and counted, per model,
+    in ``vision_inference_duration_seconds`` and ``_batch_size``.
+
+    It stands under the micro-batcher, if there is one, so that a merged
+    batch counts as the one run it is, with all its rows.
+    """
+
+    def __init__(self, session: ort.InferenceSession, model: str) -> None:
+        self.session = session
+        self._duration = INFERENCE_DURATION.labels(model)
+        self._batch_size = INFERENCE_BATCH_SIZE.labels(model)
+
+    def __getattr__(self, name: str) -> Any:
+        # get_inputs, get_outputs, get_providers... come from the session.
+        return getattr(self.session, name)
+
+    def run(
+        self,
+        output_names: list[str] | None,
+        feeds: dict[str, np.ndarray],
+        run_options: ort.RunOptions | None = None,
+    ) -> list[np.ndarray]:
+        started = time.perf_counter()
+        outputs: list[np.ndarray] = self.session.run(output_names, feeds, run_options)
+        self._duration.observe(time.perf_counter() - started)
+        # Every input of a graph shares the batch axis; the first tells it.
+        self._batch_size.observe(len(next(iter(feeds.values()))))
+        return outputs

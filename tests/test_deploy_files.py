@@ -32,6 +32,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 CONTRACT_ROUTES = {
     "/healthz": "get",
     "/readyz": "get",
+    "/metrics": "get",
     "/v1/models": "get",
     "/v1/classify": "post",
     "/v1/faces/detect": "post",
