@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import OPENAPI_PATH, REPOSITORY, encode, photo
 from tests.servers import Server, warm_gunicorn
@@ -116,7 +117,11 @@ def test_curl_example_answers(command: str, server: Server, photos: Path) -> Non
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     body = finished.stdout.split("\n\n")[-1]  # after the headers of -i
-    assert isinstance(json.loads(body), dict)
+    if "/metrics" in command:
+        families = {family.name for family in text_string_to_metric_families(body)}
+        assert "vision_http_requests" in families
+    else:
+        assert isinstance(json.loads(body), dict)
 
 
 @pytest.mark.slow
