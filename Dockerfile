@@ -49,9 +49,12 @@ COPY gunicorn.conf.py ./
 COPY --from=build /src/models/ models/
 
 # A fixed, unprivileged uid that owns nothing in the image: the code and the
-# models stay read-only to the process that serves requests.
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin vision
-USER vision
+# models stay read-only to the process that serves requests. USER is numeric
+# so that Kubernetes can check runAsNonRoot against the image itself.
+RUN groupadd --system --gid 10001 vision \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home \
+        --shell /usr/sbin/nologin vision
+USER 10001:10001
 
 # The models directory is named explicitly because the installed package
 # lives in site-packages, away from /app/models.

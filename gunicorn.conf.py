@@ -4,11 +4,21 @@ Run with ``gunicorn -c gunicorn.conf.py 'service:create_app()'``. Settings
 are validated here, in the master, so a bad value stops the start before
 any worker forks. Each worker builds its own app and onnxruntime sessions
 (no ``preload_app``): sessions own thread pools that do not survive a fork.
+
+The master also prepares the folder in which the workers keep their
+Prometheus metrics (``service.metrics``), so that one scrape adds up all
+of them: ``PROMETHEUS_MULTIPROC_DIR`` if it is set, emptied of an earlier
+run's files, or else a private temporary folder removed at exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -17,6 +27,8 @@ from service.logs import use_format
 from service.settings import Settings
 
 _settings = Settings.from_env()
+
+METRICS_FOLDER_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 bind = _settings.bind
 workers = _settings.workers
@@ -78,3 +90,40 @@ logger_class = _VisionLogger
 
 def on_starting(server: Any) -> None:
     logging.getLogger("gunicorn.access").addFilter(_HealthProbeFilter())
+    _prepare_metrics_folder()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # Imported here, after on_starting has set the folder: prometheus-client
+    # chooses between in-process and file-backed values when first imported,
+    # and the workers inherit the master's choice.
+    from prometheus_client import multiprocess
+
+    # Drops the dead worker's gauges; its counters keep counting in the sum.
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def _prepare_metrics_folder() -> None:
+    """Give the workers an empty PROMETHEUS_MULTIPROC_DIR before they fork.
+
+    Files left by an earlier run would be added to this one's numbers, and
+    the pids in their names could be reused by new workers.
+    """
+    configured = os.environ.get(METRICS_FOLDER_VARIABLE)
+    if configured:
+        folder = Path(configured)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        return
+    private = tempfile.mkdtemp(prefix="vision-metrics-")
+    os.environ[METRICS_FOLDER_VARIABLE] = private
+    # An exit handler rather than the on_exit hook: a SIGHUP reload reads
+    # this file afresh, and its new hooks would not know the folder.
+    atexit.register(_remove_private_folder, private, os.getpid())
+
+
+def _remove_private_folder(folder: str, master_pid: int) -> None:
+    # Workers inherit the master's exit handlers when they fork.
+    if os.getpid() == master_pid:
+        shutil.rmtree(folder, ignore_errors=True)

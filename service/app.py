@@ -11,7 +11,7 @@ import logging
 
 from flask import Flask
 
-from service import pages, timing
+from service import metrics, pages, timing
 from service.api import classify, faces, health, models
 from service.api.admission import ConcurrencyLimit, limit_concurrency
 from service.api.context import EXTENSION_KEY, ServiceState
@@ -37,12 +37,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions[EXTENSION_KEY] = ServiceState(settings, registry)
 
     register_error_handlers(app)
-    # First of the request hooks: an id for the logs, then the key check, so
-    # a caller without a valid key is turned away before anything else runs.
+    # First of the request hooks: the metrics' clock, so that every answer
+    # is counted, then an id for the logs, then the key check, so a caller
+    # without a valid key is turned away before anything else runs.
+    metrics.count_requests(app)
     track_request_ids(app)
     protect(app, settings)
     for blueprint in (
         health.blueprint,
+        metrics.blueprint,
         models.blueprint,
         classify.blueprint,
         faces.blueprint,

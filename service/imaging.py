@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from service.metrics import IMAGES_DECODED
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,13 @@ def decode_image(
     if width < 1 or height < 1:
         raise InvalidImage(f"{label} has no pixels ({width}x{height}).")
 
+    file_format = str(image.format)
     try:
-        if image.format == "JPEG" and min_side and min(width, height) >= 2 * min_side:
+        if file_format == "JPEG" and min_side and min(width, height) >= 2 * min_side:
             image.draft("RGB", (min_side, min_side))
         image.load()
         image = ImageOps.exif_transpose(image) or image
-        return to_rgb(image)
+        rgb = to_rgb(image)
     except (ImageTooLarge, InvalidImage):
         raise
     except Exception as error:
@@ -75,6 +77,8 @@ def decode_image(
         # all of them mean the client sent a broken file.
         logger.debug("decoding %s failed: %r", label, error)
         raise InvalidImage(f"{label} could not be decoded: {_reason(error)}.") from None
+    IMAGES_DECODED.labels(file_format.lower()).inc()
+    return rgb
 
 
 def _open(data: bytes, label: str) -> Image.Image:

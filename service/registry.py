@@ -15,7 +15,8 @@ from typing import Any
 from service.batching import BatchedSession, batchable
 from service.errors import NotReady, UnknownModel
 from service.manifest import Manifest, ModelContractError, ModelSpec, load_manifest
-from service.runtime import choose_providers, create_session
+from service.metrics import MODEL_INFO
+from service.runtime import MeasuredSession, choose_providers, create_session
 from service.settings import Settings
 from service.vision.classifier import Classifier
 from service.vision.faces import FaceAnalyzer, Model
@@ -80,6 +81,8 @@ class ModelRegistry:
         if settings.face_embedder:
             defaults[FACE_TASKS["embedder"]] = settings.face_embedder
         faces = _face_analyzer(models, defaults)
+        for model in models.values():
+            _publish(model)
         return cls(manifest, models, classifiers, default, faces, defaults)
 
     def start_warm_up(self) -> threading.Thread:
@@ -153,14 +156,26 @@ class ModelRegistry:
 
 
 def _session(spec: ModelSpec, providers: list[str], settings: Settings) -> Any:
-    """The model's session, behind a micro-batcher when batching is on and
-    the input stacks across requests (not P-Net's, whose size varies)."""
-    session = create_session(spec, providers, settings.threads)
+    """The model's session, its runs measured, behind a micro-batcher when
+    batching is on and the input stacks across requests (not P-Net's, whose
+    size varies)."""
+    require_cuda = settings.providers == "cuda"
+    session = MeasuredSession(
+        create_session(spec, providers, settings.threads, require_cuda=require_cuda),
+        spec.name,
+    )
     if settings.batch_window_ms and batchable(spec.inputs[0].shape):
         return BatchedSession(
             session, settings.batch_window_ms / 1000, settings.max_batch
         )
     return session
+
+
+def _publish(model: Model) -> None:
+    """Show ``model`` as loaded in ``vision_model_info``."""
+    spec = model.spec
+    providers = ",".join(model.session.get_providers())
+    MODEL_INFO.labels(spec.name, spec.version, spec.task, providers).set(1)
 
 
 def _face_analyzer(

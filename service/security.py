@@ -65,9 +65,13 @@ PAGE_CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
-CORS_ALLOWED_HEADERS = "Authorization, Content-Type, X-API-Key"
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type, X-API-Key, X-Request-ID"
 # Headers a page may read beyond the few that browsers always expose.
-CORS_EXPOSED_HEADERS = "Allow, Retry-After, WWW-Authenticate"
+# Server-Timing and X-Request-ID let a page report where a slow or failed
+# answer went, and which log lines belong to it.
+CORS_EXPOSED_HEADERS = (
+    "Allow, Retry-After, Server-Timing, WWW-Authenticate, X-Request-ID"
+)
 CORS_MAX_AGE_SECONDS = "600"
 
 

@@ -294,7 +294,7 @@ DESCRIPTIONS = {
     "batch_window_ms": "ms a network waits to batch concurrent requests; 0: off",
     "max_batch": "most images in one micro-batch",
     "queue_timeout": "seconds a request waits for a free slot before it gets 503",
-    "providers": "onnxruntime providers: auto (CUDA when available), cpu, cuda",
+    "providers": "onnxruntime providers: auto (CUDA if it starts), cpu, cuda (or stop)",
     "workers": "gunicorn worker processes (default: the CPU cores)",
     "threads": "onnxruntime intra-op threads per worker (default: cores / workers)",
     "max_body_bytes": "largest request body accepted, in bytes",

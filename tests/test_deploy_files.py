@@ -1,24 +1,18 @@
-"""Checks on the deployment files: service/openapi.yaml, Dockerfile and compose.
+"""Checks on the HTTP contract as a file: service/openapi.yaml.
 
-The files are read as text and YAML, so these tests need neither Docker nor a
-network. They assert what a broken build or a drifting contract would break:
-the OpenAPI document is valid and its examples match its schemas, every error
-is a problem+json body, the image copies only files that exist, serves as an
-unprivileged user without PyTorch, and both health checks probe /readyz on
-the port the server binds.
+The document is read as YAML, so these tests need no server and no network.
+They assert what a drifting contract would break: the OpenAPI document is
+valid and its examples match its schemas, and every error is a problem+json
+body. The container and Kubernetes files are checked in test_deployment.py.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import re
-import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -29,9 +23,6 @@ from referencing.jsonschema import DRAFT202012
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPENAPI_PATH = REPO_ROOT / "service" / "openapi.yaml"
-DOCKERFILE_PATH = REPO_ROOT / "Dockerfile"
-DOCKERIGNORE_PATH = REPO_ROOT / ".dockerignore"
-COMPOSE_PATH = REPO_ROOT / "docker-compose.yml"
 
 OPENAPI_URI = "urn:vision-service:openapi"
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -41,6 +32,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 CONTRACT_ROUTES = {
     "/healthz": "get",
     "/readyz": "get",
+    "/metrics": "get",
     "/v1/models": "get",
     "/v1/classify": "post",
     "/v1/faces/detect": "post",
@@ -80,190 +72,6 @@ PROBLEM_ROUTES = {
 PROBLEM_SLUG_ROUTES = {
     "overloaded": ("/v1/classify", "post"),
 }
-GUNICORN_COMMAND = ["gunicorn", "-c", "gunicorn.conf.py", "service:create_app()"]
-
-
-# Dockerfile parsing ---------------------------------------------------------
-
-
-@dataclass
-class Instruction:
-    """One Dockerfile instruction with its continuation lines joined."""
-
-    keyword: str
-    arguments: str
-
-
-@dataclass
-class Stage:
-    """The instructions from one FROM up to the next."""
-
-    base_image: str
-    name: str | None
-    instructions: list[Instruction] = field(default_factory=list)
-
-    def named(self, keyword: str) -> list[Instruction]:
-        return [i for i in self.instructions if i.keyword == keyword]
-
-
-def dockerfile_instructions(text: str) -> list[Instruction]:
-    """Split a Dockerfile into instructions.
-
-    Comment lines are dropped first, as Docker does, even between the
-    continuation lines of one instruction.
-    """
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    instructions = []
-    pending = ""
-    for line in lines:
-        stripped = line.strip()
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        joined = (pending + stripped).strip()
-        pending = ""
-        if joined:
-            keyword, _, arguments = joined.partition(" ")
-            instructions.append(Instruction(keyword.upper(), arguments.strip()))
-    return instructions
-
-
-def dockerfile_stages(text: str) -> list[Stage]:
-    """Group the instructions of a Dockerfile into build stages.
-
-    Instructions before the first FROM (global ARGs) belong to no stage and
-    are left out.
-    """
-    stages: list[Stage] = []
-    for instruction in dockerfile_instructions(text):
-        if instruction.keyword == "FROM":
-            words = [w for w in instruction.arguments.split() if not w.startswith("--")]
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(words[0], name))
-        elif stages:
-            stages[-1].instructions.append(instruction)
-    return stages
-
-
-def command_words(arguments: str) -> list[str]:
-    """Words of an exec-form (JSON array) or shell-form argument string."""
-    if arguments.startswith("["):
-        words = json.loads(arguments)
-        assert isinstance(words, list), arguments
-        return [str(word) for word in words]
-    return shlex.split(arguments)
-
-
-def split_copy(instruction: Instruction) -> tuple[dict[str, str], list[str], str]:
-    """Return the flags, sources and destination of a COPY or ADD."""
-    words = command_words(instruction.arguments)
-    flags = {}
-    while words and words[0].startswith("--"):
-        flag, _, value = words.pop(0)[2:].partition("=")
-        flags[flag] = value
-    *sources, destination = words
-    return flags, sources, destination
-
-
-def stage_env(stage: Stage) -> dict[str, str]:
-    """Variables set by the ENV instructions of a stage, last value wins."""
-    env = {}
-    for instruction in stage.named("ENV"):
-        words = shlex.split(instruction.arguments)
-        if words and "=" not in words[0]:
-            env[words[0]] = " ".join(words[1:])
-            continue
-        for word in words:
-            key, _, value = word.partition("=")
-            env[key] = value
-    return env
-
-
-def healthcheck_words(stage: Stage) -> list[str]:
-    """The command of the stage's last HEALTHCHECK, without its options."""
-    healthchecks = stage.named("HEALTHCHECK")
-    assert healthchecks, "the stage has no HEALTHCHECK"
-    arguments = healthchecks[-1].arguments
-    assert arguments.upper() != "NONE", "the HEALTHCHECK is switched off"
-    _, found, command = arguments.partition("CMD ")
-    assert found, f"HEALTHCHECK without CMD: {arguments}"
-    return command_words(command.strip())
-
-
-def bind_port(bind: str) -> int:
-    """Port of a gunicorn bind address such as 0.0.0.0:8000 or [::]:8000."""
-    return int(bind.rsplit(":", 1)[1])
-
-
-def probed_urls(words: list[str]) -> list[str]:
-    """HTTP URLs that appear anywhere in a health check command."""
-    return re.findall(r"https?://[^\s'\"]+", " ".join(words))
-
-
-def dockerignore_patterns() -> list[str]:
-    lines = DOCKERIGNORE_PATH.read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and line[0] != "#"]
-
-
-def is_dockerignored(path: str, patterns: list[str]) -> bool:
-    """Approximate Docker's rule: the last matching pattern decides.
-
-    A pattern that matches a parent folder also excludes what is inside it.
-    """
-    parts = Path(path.rstrip("/")).parts
-    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    ignored = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        glob = pattern.lstrip("!").strip("/")
-        globs = {glob, glob.removeprefix("**/")}
-        if any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs):
-            ignored = not negated
-    return ignored
-
-
-def load_stages() -> list[Stage]:
-    return dockerfile_stages(DOCKERFILE_PATH.read_text())
-
-
-def context_copy_sources() -> list[str]:
-    """Sources of every COPY or ADD that reads from the build context."""
-    sources = []
-    for stage in load_stages():
-        for instruction in stage.named("COPY") + stage.named("ADD"):
-            flags, copied, _ = split_copy(instruction)
-            if "from" not in flags:
-                sources.extend(copied)
-    return list(dict.fromkeys(sources))
-
-
-# Docker Compose parsing -----------------------------------------------------
-
-
-def load_compose() -> dict[str, Any]:
-    compose = yaml.safe_load(COMPOSE_PATH.read_text())
-    assert isinstance(compose, dict)
-    return compose
-
-
-def container_ports(ports: list[Any]) -> list[int]:
-    """Container ports of a compose `ports` list, short or long syntax."""
-    found = []
-    for entry in ports:
-        if isinstance(entry, dict):
-            found.append(int(entry["target"]))
-        else:
-            target = str(entry).split("/")[0].rsplit(":", 1)[-1]
-            found.append(int(target))
-    return found
-
-
-def compose_environment(service: dict[str, Any]) -> dict[str, str]:
-    environment = service.get("environment") or {}
-    if isinstance(environment, list):
-        pairs = (item.partition("=") for item in environment)
-        return {key: value for key, _, value in pairs}
-    return {key: str(value) for key, value in environment.items()}
 
 
 # OpenAPI helpers --------------------------------------------------------------
@@ -684,121 +492,3 @@ def test_min_face_size_schema_bounds(
     validator = schema_validator(openapi, "#/components/schemas/MinFaceSize")
 
     assert validator.is_valid(size) is valid
-
-
-# Dockerfile tests -------------------------------------------------------------
-
-
-def test_dockerfile_has_build_and_runtime_stages() -> None:
-    stages = load_stages()
-
-    assert len(stages) >= 2
-    assert all(stage.base_image == "python:3.11-slim" for stage in stages)
-
-
-@pytest.mark.parametrize("source", context_copy_sources())
-def test_copy_source_exists_in_repository(source: str) -> None:
-    assert (REPO_ROOT / source).exists(), f"COPY {source}: no such file"
-
-
-@pytest.mark.parametrize("source", context_copy_sources())
-def test_copy_source_is_not_dockerignored(source: str) -> None:
-    assert not is_dockerignored(source, dockerignore_patterns())
-
-
-def test_build_stage_exports_the_models_for_the_runtime() -> None:
-    *build_stages, runtime = load_stages()
-    build = next(
-        stage
-        for stage in build_stages
-        if any("python -m export" in i.arguments for i in stage.named("RUN"))
-    )
-    installs = " ".join(i.arguments for i in build.named("RUN"))
-    copies_from_build = [
-        split_copy(i)
-        for i in runtime.named("COPY")
-        if split_copy(i)[0].get("from") == build.name
-    ]
-
-    assert ".[export]" in installs
-    assert any(
-        "models" in source for _, sources, _ in copies_from_build for source in sources
-    )
-
-
-def test_runtime_stage_does_not_install_torch_or_the_export_extra() -> None:
-    runtime = load_stages()[-1]
-    commands = " ".join(i.arguments for i in runtime.named("RUN")).lower()
-
-    assert "torch" not in commands
-    assert "[export]" not in commands
-    assert "pip install" in commands
-
-
-def test_runtime_stage_runs_as_an_unprivileged_user() -> None:
-    users = load_stages()[-1].named("USER")
-
-    assert users, "the runtime stage has no USER"
-    user = users[-1].arguments.split(":")[0]
-    assert user not in {"root", "0"}
-
-
-def test_runtime_stage_starts_gunicorn_with_the_app_factory() -> None:
-    commands = load_stages()[-1].named("CMD")
-
-    assert commands
-    assert command_words(commands[-1].arguments) == GUNICORN_COMMAND
-
-
-def test_runtime_stage_exposes_the_bound_port() -> None:
-    runtime = load_stages()[-1]
-    port = bind_port(stage_env(runtime)["VISION_BIND"])
-    exposed = {
-        int(word.split("/")[0])
-        for expose in runtime.named("EXPOSE")
-        for word in expose.arguments.split()
-    }
-
-    assert port in exposed
-
-
-def test_dockerfile_healthcheck_probes_readyz_on_the_bound_port() -> None:
-    runtime = load_stages()[-1]
-    port = bind_port(stage_env(runtime)["VISION_BIND"])
-    urls = [urlsplit(url) for url in probed_urls(healthcheck_words(runtime))]
-
-    assert any(url.path == "/readyz" and url.port == port for url in urls), urls
-
-
-# Docker Compose tests ---------------------------------------------------------
-
-
-def test_compose_builds_the_vision_image_from_the_dockerfile() -> None:
-    service = load_compose()["services"]["vision"]
-    build = service["build"]
-    context = build if isinstance(build, str) else build.get("context", ".")
-    dockerfile = "Dockerfile" if isinstance(build, str) else build["dockerfile"]
-
-    assert (REPO_ROOT / context / dockerfile).resolve() == DOCKERFILE_PATH
-    assert service["image"] == "vision-service:cpu"
-    assert service["restart"] == "unless-stopped"
-
-
-def test_compose_healthcheck_probes_readyz_on_the_container_port() -> None:
-    service = load_compose()["services"]["vision"]
-    test = service["healthcheck"]["test"]
-    words = test if isinstance(test, list) else [test]
-    urls = [urlsplit(url) for url in probed_urls(words)]
-    ports = container_ports(service["ports"])
-
-    assert any(url.path == "/readyz" for url in urls), words
-    assert all(url.port in ports for url in urls), (urls, ports)
-
-
-def test_compose_container_port_is_the_bound_port() -> None:
-    service = load_compose()["services"]["vision"]
-    image_bind = stage_env(load_stages()[-1])["VISION_BIND"]
-    bind = compose_environment(service).get("VISION_BIND", image_bind)
-
-    assert container_ports(service["ports"]) == [bind_port(bind)]
-    assert bind_port(image_bind) == bind_port(bind)

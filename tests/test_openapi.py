@@ -328,6 +328,7 @@ class Exchange:
 EXCHANGES = [
     Exchange("healthz", "GET", "/healthz", HTTPStatus.OK),
     Exchange("readyz", "GET", "/readyz", HTTPStatus.OK),
+    Exchange("metrics", "GET", "/metrics", HTTPStatus.OK),
     Exchange("models", "GET", "/v1/models", HTTPStatus.OK),
     Exchange("classify-raw-jpeg", "POST", "/v1/classify", HTTPStatus.OK, raw_jpeg),
     Exchange(

@@ -1,10 +1,10 @@
 """Access control, CORS and security headers, as a client sees them.
 
-A keyed app must turn away every ``/v1`` request without a valid key with
-the one 401 body, let the probes and CORS preflights through, and keep the
-keys out of the log; an app without keys must warn that it is open. CORS
-headers go to allowed origins only, errors included, and every response
-carries the security headers.
+A keyed app must turn away every ``/v1`` request and every scrape of
+``/metrics`` without a valid key with the one 401 body, let the probes and
+CORS preflights through, and keep the keys out of the log; an app without
+keys must warn that it is open. CORS headers go to allowed origins only,
+errors included, and every response carries the security headers.
 """
 
 from __future__ import annotations
@@ -94,14 +94,17 @@ def image_pair() -> dict[str, Any]:
 
 # Each protected operation with a body it answers 200 to when the key is
 # right: the key check must neither break nor bypass a real request.
-V1_ROUTES: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
+KEYED_ROUTES: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
+    ("GET", "/metrics"): dict,
     ("GET", "/v1/models"): dict,
     ("POST", "/v1/classify"): lambda: raw_image("chelsea"),
     ("POST", "/v1/faces/detect"): lambda: raw_image("astronaut"),
     ("POST", "/v1/faces/embed"): lambda: raw_image("astronaut"),
     ("POST", "/v1/faces/verify"): image_pair,
 }
-ROUTE_IDS = [f"{method} {path}" for method, path in V1_ROUTES]
+ROUTE_IDS = [f"{method} {path}" for method, path in KEYED_ROUTES]
+# Prometheus' exposition format; every other route answers JSON.
+ANSWER_TYPES = {"/metrics": "text/plain"}
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +138,11 @@ def assert_problem(response: TestResponse, body: dict[str, Any]) -> None:
 # API keys ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path"), list(V1_ROUTES), ids=ROUTE_IDS)
+@pytest.mark.parametrize(("method", "path"), list(KEYED_ROUTES), ids=ROUTE_IDS)
 def test_a_request_without_a_key_is_401(
     keyed: FlaskClient, openapi: OpenAPI, method: str, path: str
 ) -> None:
-    response = keyed.open(path, method=method, **V1_ROUTES[method, path]())
+    response = keyed.open(path, method=method, **KEYED_ROUTES[method, path]())
 
     assert_problem(response, MISSING_KEY)
     assert response.headers["WWW-Authenticate"] == CHALLENGE
@@ -162,7 +165,7 @@ WRONG_CREDENTIALS = {
 }
 
 
-@pytest.mark.parametrize(("method", "path"), list(V1_ROUTES), ids=ROUTE_IDS)
+@pytest.mark.parametrize(("method", "path"), list(KEYED_ROUTES), ids=ROUTE_IDS)
 @pytest.mark.parametrize(
     "headers", list(WRONG_CREDENTIALS.values()), ids=list(WRONG_CREDENTIALS)
 )
@@ -170,7 +173,7 @@ def test_a_wrong_key_is_401(
     keyed: FlaskClient, method: str, path: str, headers: dict[str, str]
 ) -> None:
     response = keyed.open(
-        path, method=method, headers=headers, **V1_ROUTES[method, path]()
+        path, method=method, headers=headers, **KEYED_ROUTES[method, path]()
     )
 
     assert_problem(response, INVALID_KEY)
@@ -194,7 +197,7 @@ def test_a_key_in_the_wrong_place_counts_as_missing(
     assert_problem(keyed.get("/v1/models", headers=headers), MISSING_KEY)
 
 
-@pytest.mark.parametrize(("method", "path"), list(V1_ROUTES), ids=ROUTE_IDS)
+@pytest.mark.parametrize(("method", "path"), list(KEYED_ROUTES), ids=ROUTE_IDS)
 @pytest.mark.parametrize(
     "headers",
     [
@@ -209,11 +212,11 @@ def test_a_valid_key_is_let_through(
     keyed: FlaskClient, method: str, path: str, headers: dict[str, str]
 ) -> None:
     response = keyed.open(
-        path, method=method, headers=headers, **V1_ROUTES[method, path]()
+        path, method=method, headers=headers, **KEYED_ROUTES[method, path]()
     )
 
     assert response.status_code == HTTPStatus.OK, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
+    assert response.mimetype == ANSWER_TYPES.get(path, "application/json")
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
@@ -462,7 +465,9 @@ def test_a_preflight_from_an_allowed_origin_is_answered(keyed: FlaskClient) -> N
     assert cors_headers(response) == {
         "Access-Control-Allow-Origin": ALLOWED_ORIGIN,
         "Access-Control-Allow-Methods": "OPTIONS, POST",
-        "Access-Control-Allow-Headers": "Authorization, Content-Type, X-API-Key",
+        "Access-Control-Allow-Headers": (
+            "Authorization, Content-Type, X-API-Key, X-Request-ID"
+        ),
         "Access-Control-Max-Age": "600",
     }
     assert "Origin" in response.vary
@@ -509,7 +514,9 @@ def test_answers_to_an_allowed_origin_carry_cors_headers(
     assert response.status_code == status
     assert cors_headers(response) == {
         "Access-Control-Allow-Origin": ALLOWED_ORIGIN,
-        "Access-Control-Expose-Headers": "Allow, Retry-After, WWW-Authenticate",
+        "Access-Control-Expose-Headers": (
+            "Allow, Retry-After, Server-Timing, WWW-Authenticate, X-Request-ID"
+        ),
     }
 
 

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from service.manifest import ModelContractError, ModelSpec
+from service.metrics import FACES_DETECTED
 from service.timing import PREPROCESS, stage
 from service.vision.chips import face_chips
 from service.vision.mtcnn import MTCNN, Face, largest
@@ -172,7 +173,9 @@ class FaceAnalyzer:
         faces = detector.detect(work, max_faces)
         if scale < 1.0:
             faces = [_rescale(face, 1.0 / scale) for face in faces]
-        return largest(faces, image.size, max_faces or len(faces))
+        found = largest(faces, image.size, max_faces or len(faces))
+        FACES_DETECTED.inc(len(found))
+        return found
 
     def embed(
         self, images: Sequence[Image.Image], faces: Sequence[Sequence[Face]]
