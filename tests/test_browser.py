@@ -60,6 +60,8 @@ DATA_TRANSFER = """([bytes, name]) => {
     transfer.items.add(file);
     return transfer;
 }"""
+# The photo's file input comes after the two view buttons and the docs link.
+MOST_TABS = 6
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 INLINE_SCRIPT = """() => {
     const script = document.createElement("script");
@@ -268,6 +270,24 @@ def test_a_photo_can_be_dropped_on_the_page(keyed_tab: Tab, tmp_path: Path) -> N
     assert class_names(page)[0] in CAT_CLASSES
     expect(page.locator("#photo-caption")).to_have_text("chelsea-0-1.jpg")
     assert_clean(keyed_tab)
+
+
+def test_the_photo_can_be_chosen_from_the_keyboard(tab: Tab) -> None:
+    page = tab.page
+    page.goto("/")
+
+    focused = []
+    for _ in range(MOST_TABS):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id"))
+        if focused[-1] == "photo-input":
+            break
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+
+    assert focused[-1] == "photo-input", focused
+    assert not chooser.value.is_multiple()
+    assert_clean(tab)
 
 
 def test_a_file_that_is_no_image_shows_the_problem_detail(
