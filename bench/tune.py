@@ -70,7 +70,12 @@ def free_port() -> int:
         return port
 
 
-def start(variables: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    variables: dict[str, str], log: Path, app: str = "service:create_app()"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """gunicorn with the service's configuration, ``VISION_*`` set from
+    ``variables``, serving ``app``, on a free port; once every worker is
+    ready, the process and its URL."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("VISION_")}
     environment.update({f"VISION_{k}": v for k, v in variables.items()})
@@ -84,7 +89,7 @@ def start(variables: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes]
                 "gunicorn",
                 "-c",
                 "gunicorn.conf.py",
-                "service:create_app()",
+                app,
             ],
             cwd=REPOSITORY,
             env=environment,
