@@ -19,13 +19,15 @@ processes (``/proc/PID/stat``), not by wall time:
 The three servers get the same photos from ``bench.load`` at one
 concurrency (default 8); each row reports the workers' CPU per request,
 the load generator's (it shares the machine's cores), and the
-throughput. Servers start one at a time, on a free loopback port, and
-with ``--rounds N`` the four parts alternate N times and the medians are
-reported. Nothing needs to be running::
+throughput. ``--config NAME:VAR=VALUE,...`` adds the service again with
+those ``VISION_*`` variables (prefix left out), as one more row. Servers
+start one at a time, on a free loopback port, and with ``--rounds N`` the
+parts alternate N times and the medians are reported. Nothing needs to be
+running::
 
     .venv/bin/python -m bench.cpu_budget ../shared/eval/imagenet \\
         --model efficientnet-lite0 --requests 1500 --rounds 3 \\
-        --json /tmp/cpu_budget.json
+        --config "no access log:ACCESS_LOG=off" --json /tmp/cpu_budget.json
 
 Only classify is measured: the other routes do several times more work
 per request, so their HTTP share is smaller.
@@ -53,7 +55,7 @@ from bench.common import (
     workload_from,
     write_json,
 )
-from bench.tune import start
+from bench.tune import parse_config, start
 
 # Roughly the size and shape of a classify answer with five classes.
 FLOOR_BODY = (
@@ -71,10 +73,12 @@ FLOOR_HEADERS = [
 ]
 
 IN_PROCESS = "in process"
-SERVERS = {
-    "WSGI floor": "bench.cpu_budget:floor_wsgi",
-    "Flask floor": "bench.cpu_budget:floor_flask()",
-    "service": "service:create_app()",
+SERVICE = "service:create_app()"
+# Each part served: its app and its VISION_* variables (prefix left out).
+SERVERS: dict[str, tuple[str, dict[str, str]]] = {
+    "WSGI floor": ("bench.cpu_budget:floor_wsgi", {}),
+    "Flask floor": ("bench.cpu_budget:floor_flask()", {}),
+    "service": (SERVICE, {}),
 }
 TARGET_SHARE = 0.95
 
@@ -140,9 +144,13 @@ def measure_in_process(
 
 
 def measure_server(
-    options: argparse.Namespace, calls: list[Any], app: str, scratch: Path
+    options: argparse.Namespace,
+    calls: list[Any],
+    served: tuple[str, dict[str, str]],
+    scratch: Path,
 ) -> dict[str, Any]:
-    process, url = start({}, scratch / "gunicorn.log", app)
+    app, variables = served
+    process, url = start(variables, scratch / "gunicorn.log", app)
     try:
         workers = children(process.pid)
         options.url = url
@@ -155,9 +163,9 @@ def measure_server(
     if level["errors"]:
         raise SystemExit(f"{app} answered errors: {level['errors']}")
     # The warm-up requests ran on the workers too, outside the clock.
-    served = level["requests"] + options.warmup * options.concurrency
+    answered = level["requests"] + options.warmup * options.concurrency
     return {
-        "worker_cpu_ms": used / served * 1000,
+        "worker_cpu_ms": used / answered * 1000,
         "client_cpu_ms": level["client_cpu_cores"] / level["requests_per_s"] * 1000,
         "requests_per_s": level["requests_per_s"],
         "workers": len(workers),
@@ -177,10 +185,11 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, fl
 
 def print_report(report: dict[str, Any]) -> None:
     medians = report["medians"]
+    services = {"service", *report["configs"]}
     work = medians[IN_PROCESS]["worker_cpu_ms"]
     rows = []
     for part, figures in medians.items():
-        added = figures["worker_cpu_ms"] - work if part == "service" else None
+        added = figures["worker_cpu_ms"] - work if part in services else None
         rows.append(
             [
                 part,
@@ -216,6 +225,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="NAME:VAR=VALUE,...: the service again with these VISION_* variables",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     options = parser.parse_args()
     workload = workload_from(options)
@@ -230,13 +245,17 @@ def main() -> None:
     groups = [[photo.data for photo in group] for group in workload.groups(photos)]
     registry = inprocess.load_registry(inprocess.service_threads(), None)
     work = inprocess.make_work(registry, workload)
+    configs = dict(parse_config(text) for text in options.config)
+    servers = SERVERS | {
+        name: (SERVICE, variables) for name, variables in configs.items()
+    }
 
     rounds = []
     with tempfile.TemporaryDirectory() as scratch:
         for number in range(1, options.rounds + 1):
             measured = {IN_PROCESS: measure_in_process(work, groups, options.requests)}
-            for part, app in SERVERS.items():
-                measured[part] = measure_server(options, calls, app, Path(scratch))
+            for part, served in servers.items():
+                measured[part] = measure_server(options, calls, served, Path(scratch))
             rounds.append(measured)
             print(
                 f"round {number}: "
@@ -255,6 +274,7 @@ def main() -> None:
         "concurrency": options.concurrency,
         "requests": options.requests,
         "rounds": options.rounds,
+        "configs": configs,
         "per_round": rounds,
         "medians": medians,
         "budget_ms": work_ms * (1 / TARGET_SHARE - 1),
