@@ -63,6 +63,7 @@ class Settings:
     max_images: int = 16
     log_level: str = "INFO"
     log_format: str = "text"
+    access_log: bool = True
     default_model: str = ""
     face_embedder: str = ""
     # Kept out of repr() so that logging the settings cannot leak a key.
@@ -140,6 +141,15 @@ def _choice(choices: tuple[str, ...], *, upper: bool = False) -> Callable[[str],
         return value
 
     return parse
+
+
+def _switch(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("expected on or off")
 
 
 def _directory(raw: str) -> Path:
@@ -277,6 +287,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_images": _positive_int,
     "log_level": _choice(LOG_LEVELS, upper=True),
     "log_format": _choice(LOG_FORMATS),
+    "access_log": _switch,
     "default_model": str,
     "face_embedder": str,
     "api_keys": _api_keys,
@@ -302,6 +313,7 @@ DESCRIPTIONS = {
     "max_images": "most images in one request",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "text (one readable line per record) or json (one object a line)",
+    "access_log": "on or off: gunicorn's line per request, on stdout",
     "default_model": "classifier used when a request names none",
     "face_embedder": "face embedding model, facenet or facenet-int8",
     "api_keys": "comma-separated API keys, one of which /v1 requests must send",

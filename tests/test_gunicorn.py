@@ -96,6 +96,18 @@ def test_sigterm_stops_workers_cleanly(tmp_path: Path, models_dir: Path) -> None
         assert not [line for line in access_log if "/readyz" in line]
 
 
+def test_the_access_log_can_be_switched_off(tmp_path: Path, models_dir: Path) -> None:
+    with warm_gunicorn(tmp_path, models_dir, 1, VISION_ACCESS_LOG="off") as server:
+        assert classify_chelsea(server).status == 200
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS) == 0
+
+        # The answer was served and the worker logged its life as usual;
+        # only the line per request is gone.
+        assert server.access_log() == []
+        assert "Booting worker" in server.errors()
+
+
 def test_invalid_setting_stops_the_start(tmp_path: Path, models_dir: Path) -> None:
     variables = {
         "VISION_BIND": f"127.0.0.1:{free_port()}",

@@ -49,6 +49,15 @@ def test_values_are_parsed(tmp_path: Path) -> None:
     assert settings.default_model == "mobilenet-v2"
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("off", False), ("OFF", False), ("0", False), ("on", True), ("true", True)],
+)
+def test_the_access_log_is_switched(raw: str, expected: bool) -> None:
+    assert Settings().access_log is True
+    assert Settings.from_env({"VISION_ACCESS_LOG": raw}).access_log is expected
+
+
 def test_a_bare_port_binds_every_interface() -> None:
     assert Settings.from_env({"VISION_BIND": ":8080"}).bind == "0.0.0.0:8080"
 
@@ -63,6 +72,7 @@ def test_every_bad_value_is_named_at_once() -> None:
                 "VISION_BIND": "localhost",
                 "VISION_MODELS_DIR": "/no/such/folder",
                 "VISION_LOG_LEVEL": "LOUD",
+                "VISION_ACCESS_LOG": "sometimes",
             }
         )
 
@@ -73,6 +83,7 @@ def test_every_bad_value_is_named_at_once() -> None:
     assert "VISION_BIND='localhost': expected HOST:PORT" in message
     assert "VISION_MODELS_DIR='/no/such/folder': no such directory" in message
     assert "VISION_LOG_LEVEL='LOUD': expected one of DEBUG" in message
+    assert "VISION_ACCESS_LOG='sometimes': expected on or off" in message
 
 
 def test_readme_documents_every_setting() -> None:
