@@ -56,7 +56,7 @@ worker_tmp_dir = "/dev/shm"
 
 # A line per request on stdout, unless VISION_ACCESS_LOG=off: a proxy in
 # front that logs every request makes it a repeat, and writing it costs
-# about 0.2 ms of a worker's CPU per request (bench.cpu_budget).
+# about 0.15 ms of the request thread's CPU (bench/thread_cpu_conf.py).
 accesslog = "-" if _settings.access_log else None
 # gunicorn's combined format, then the request id (service.logs) and the
 # time taken in microseconds.
