@@ -53,6 +53,12 @@ class Server:
     def port(self) -> int:
         return int(self.url.rpartition(":")[2])
 
+    def connect(self) -> socket.socket:
+        """A plain TCP connection to the server, for raw HTTP."""
+        return socket.create_connection(
+            (self.host, self.port), timeout=REQUEST_TIMEOUT_SECONDS
+        )
+
     def access_log(self) -> list[str]:
         # gunicorn.conf.py sends the access log to stdout, everything else
         # (gunicorn's error log and the service's own logs) to stderr.

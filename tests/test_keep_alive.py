@@ -109,19 +109,13 @@ def server(
         yield running
 
 
-def connect(server: Server) -> socket.socket:
-    return socket.create_connection(
-        (server.host, server.port), timeout=REQUEST_TIMEOUT_SECONDS
-    )
-
-
 class Pipeliner(threading.Thread):
     """A client that sends many requests at once on one connection and
     counts the answers that come back, until told to stop."""
 
     def __init__(self, server: Server, requests: int) -> None:
         super().__init__(daemon=True)
-        self.connection = connect(server)
+        self.connection = server.connect()
         self.requests = requests
         self.answers = 0
         self.stop = threading.Event()
@@ -162,7 +156,7 @@ def test_a_newcomer_is_served_while_every_thread_has_requests_waiting(
             time.sleep(0.01)
 
         started = time.monotonic()
-        with connect(server) as newcomer:
+        with server.connect() as newcomer:
             newcomer.sendall(HEALTHZ)
             assert newcomer.recv(65536).startswith(b"HTTP/1.1 200 ")
         waited = time.monotonic() - started

@@ -23,7 +23,7 @@ from service.errors import ClientTooSlow
 from service.settings import Settings, SettingsError
 from service.worker import MIN_UPLOAD_RATE, PacedSocket
 from tests.conftest import encode, photo
-from tests.servers import REQUEST_TIMEOUT_SECONDS, Server, warm_gunicorn
+from tests.servers import Server, warm_gunicorn
 
 CLIENT_TIMEOUT = 1.0
 # More slow clients than the 4 request threads gunicorn's gthread worker
@@ -144,12 +144,6 @@ def server(
         yield running
 
 
-def connect(server: Server) -> socket.socket:
-    return socket.create_connection(
-        (server.host, server.port), timeout=REQUEST_TIMEOUT_SECONDS
-    )
-
-
 def answer_of(connection: socket.socket) -> tuple[str, dict[str, str], bytes]:
     """Read until the server closes; the status line, headers and body."""
     chunks = []
@@ -167,7 +161,7 @@ def answer_of(connection: socket.socket) -> tuple[str, dict[str, str], bytes]:
 
 def trickle_headers(server: Server, stop: threading.Event) -> float:
     """Send a request's headers a byte every 0.1 s; seconds until cut off."""
-    connection = connect(server)
+    connection = server.connect()
     started = time.monotonic()
     head = b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + b"X-Slow: " + b"a" * 200
     try:
@@ -192,7 +186,7 @@ def test_header_tricklers_are_cut_off_while_probes_are_answered(
         cut_after = pool.map(lambda _: trickle_headers(server, stop), range(TRICKLERS))
         time.sleep(CLIENT_TIMEOUT / 2)
         probe_started = time.monotonic()
-        with connect(server) as probe:
+        with server.connect() as probe:
             probe.sendall(
                 b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
             )
@@ -211,7 +205,7 @@ def test_header_tricklers_are_cut_off_while_probes_are_answered(
 
 @pytest.mark.slow
 def test_a_body_trickle_gets_408_problem_details(server: Server) -> None:
-    connection = connect(server)
+    connection = server.connect()
     started = time.monotonic()
     connection.sendall(
         b"POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
@@ -238,7 +232,7 @@ def test_a_slow_steady_upload_is_served(server: Server) -> None:
     body = encode(noisy, quality=98)
     assert len(body) > 100_000
     rate = 3 * MIN_UPLOAD_RATE
-    connection = connect(server)
+    connection = server.connect()
     started = time.monotonic()
     connection.sendall(
         b"POST /v1/classify?top_k=5 HTTP/1.1\r\nHost: t\r\n"
